@@ -1,0 +1,60 @@
+"""The ``mailfast`` command: serve, or check a configuration."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import config as configuration
+from . import logconfig
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mailfast",
+        description="A fast SMTP server. Without a command, serve.",
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML configuration (default: embedded)"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser("serve", help="serve mail (the default)")
+    check = commands.add_parser(
+        "check-config", help="validate the configuration and print it in full"
+    )
+    for sub in (serve, check):
+        sub.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+    for sub in (parser, serve):
+        sub.add_argument(
+            "--workers", type=int, metavar="N", help="worker processes (default: CPUs)"
+        )
+        sub.add_argument(
+            "--log-level", choices=list(logconfig.LEVELS), help="override server.log_level"
+        )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = configuration.load(args.config)
+    except configuration.ConfigError as exc:
+        print(f"mailfast: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check-config":
+        sys.stdout.write(configuration.to_toml(config))
+        return 0
+    if args.workers is not None and args.workers < 1:
+        print("mailfast: --workers must be at least 1", file=sys.stderr)
+        return EXIT_CONFIG
+    logconfig.configure(args.log_level or config.server.log_level)
+
+    from . import master  # imports nothing that starts an event loop
+
+    return master.serve(config, args.config, args.workers)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

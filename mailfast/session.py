@@ -1,0 +1,433 @@
+"""The SMTP server session of RFC 5321 as a state machine without I/O.
+
+Theory of operation
+-------------------
+The connection code feeds bytes to the parser and hands each parser event to
+``Session.receive``, which returns one step ``(action, payload)``:
+
+    (REPLY, reply)           write the reply
+    (CLOSE, reply)           write the reply, then close the connection
+    (START_DATA, reply)      write the 354 reply and switch the parser to DATA
+    (START_CHUNK, (n, first))  switch the parser to a BDAT chunk of n octets
+    (STORE, octets)          append message content to the current message
+    (DISCARD, None)          nothing to write and nothing to store
+    (COMMIT, None)           the message is complete: make it durable, then
+                             call ``committed(queue_id)`` or ``commit_failed(reply)``
+
+The session never touches a socket, a file, a clock or a logger, so every
+rule below is tested without an event loop.
+
+States::
+
+    CONNECTED --EHLO/HELO--> READY --MAIL--> MAIL --RCPT--> MAIL (more RCPT)
+    MAIL --DATA--> DATA --end of data--> COMMITTING --committed--> READY
+    MAIL --BDAT--> CHUNK --end of chunk--> MAIL (not LAST) | COMMITTING (LAST)
+
+Invariants:
+  * The final 250 of a message comes only from ``committed``: the caller has
+    made the message durable by then. A crash before it loses nothing the
+    client was told we accepted.
+  * A BDAT chunk is always read to its end, even when it will be refused,
+    because its octets are not commands (RFC 3030 §2).
+  * Content flagged by the parser (bare CR or LF, over-long lines) and an
+    over-size message are refused after the end of data, never mid-stream:
+    the client is not listening for replies then.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from . import replies
+from ._parser import parse_path_argument
+from .addresses import AddressError, Mailbox, parse_mailbox
+from .directory import Directory
+from .envelope import Envelope, Recipient
+from .events import (
+    BAD_COMMAND,
+    COMMAND,
+    CONTENT,
+    CONTENT_BARE_CR,
+    CONTENT_BARE_LF,
+    CONTENT_LINE_TOO_LONG,
+    END_OF_CHUNK,
+    END_OF_DATA,
+    REASON_BARE_CR,
+    REASON_NUL,
+    REASON_TOO_LONG,
+)
+
+REPLY = 1
+CLOSE = 2
+START_DATA = 3
+START_CHUNK = 4
+STORE = 5
+DISCARD = 6
+COMMIT = 7
+
+_NOTHING = (DISCARD, None)
+_BAD_COMMAND_REPLIES = {
+    REASON_TOO_LONG: replies.LINE_TOO_LONG,
+    REASON_BARE_CR: replies.BARE_CR_IN_COMMAND,
+    REASON_NUL: replies.NUL_IN_COMMAND,
+}
+
+
+class State(enum.Enum):
+    CONNECTED = "connected"  # before EHLO/HELO
+    READY = "ready"  # greeted, no transaction
+    MAIL = "mail"  # reverse path given; recipients may follow
+    DATA = "data"  # reading DATA content
+    CHUNK = "chunk"  # reading a BDAT chunk
+    COMMITTING = "committing"  # message complete, waiting for durability
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """What every session of a worker shares; built once per configuration."""
+
+    hostname: str
+    max_message_octets: int
+    max_recipients: int
+    max_bad_commands: int
+    ehlo_reply: bytes
+    helo_reply: bytes
+    greeting: bytes
+
+    @classmethod
+    def build(cls, hostname: str, limits) -> SessionSettings:
+        extensions = [
+            "PIPELINING",
+            f"SIZE {limits.max_message_octets}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+            "CHUNKING",
+        ]
+        return cls(
+            hostname=hostname,
+            max_message_octets=limits.max_message_octets,
+            max_recipients=limits.max_recipients,
+            max_bad_commands=limits.max_bad_commands,
+            ehlo_reply=replies.multiline(250, [hostname, *extensions]),
+            helo_reply=replies.helo(hostname),
+            greeting=replies.greeting(hostname),
+        )
+
+
+class Session:
+    def __init__(self, settings: SessionSettings, directory: Directory, client_ip: str):
+        self.settings = settings
+        self.directory = directory
+        self.client_ip = client_ip
+        self.state = State.CONNECTED
+        self.helo = ""
+        self.esmtp = False
+        self.envelope: Envelope | None = None
+        self.bad_commands = 0
+        self.messages_accepted = 0
+        # Per message: octets received, and why it will be refused (None: it won't).
+        self._content_octets = 0
+        self._content_refusal: bytes | None = None
+        self._chunk_last = False
+        self._chunks_seen = False
+        self._dispatch = {
+            b"EHLO": self._ehlo,
+            b"HELO": self._helo,
+            b"MAIL": self._mail,
+            b"RCPT": self._rcpt,
+            b"DATA": self._data,
+            b"BDAT": self._bdat,
+            b"RSET": self._rset,
+            b"NOOP": self._noop,
+            b"QUIT": self._quit,
+            b"VRFY": self._vrfy,
+            b"HELP": self._help,
+        }
+
+    @property
+    def in_content(self) -> bool:
+        """True while message content is being read (the DATA timeout applies)."""
+        return self.state is State.DATA or self.state is State.CHUNK
+
+    def greeting(self) -> bytes:
+        return self.settings.greeting
+
+    def receive(self, event: tuple) -> tuple[int, object]:
+        kind = event[0]
+        if kind == CONTENT:
+            return self._content(event[1])
+        if kind == COMMAND:
+            handler = self._dispatch.get(event[1])
+            if handler is None:
+                return self._error(replies.UNRECOGNIZED)
+            return handler(event[2])
+        if kind == END_OF_DATA:
+            return self._end_of_data(event[1])
+        if kind == END_OF_CHUNK:
+            return self._end_of_chunk(event[1])
+        if kind == BAD_COMMAND:
+            return self._error(_BAD_COMMAND_REPLIES[event[1]])
+        raise ValueError(f"unknown parser event {event!r}")
+
+    def committed(self, queue_id: str) -> bytes:
+        """The message is durable: the reply that acknowledges it."""
+        assert self.state is State.COMMITTING
+        self.messages_accepted += 1
+        self._end_transaction()
+        return replies.queued(queue_id)
+
+    def commit_failed(self, reply: bytes) -> bytes:
+        """The message could not be made durable: the client should retry."""
+        assert self.state is State.COMMITTING
+        self._end_transaction()
+        return reply
+
+    def timed_out(self) -> bytes:
+        self.state = State.CLOSED
+        return replies.TIMEOUT
+
+    def shutting_down(self) -> bytes:
+        self.state = State.CLOSED
+        return replies.SHUTTING_DOWN
+
+    # Commands.
+
+    def _ehlo(self, argument: bytes) -> tuple[int, object]:
+        return self._greet(argument, esmtp=True)
+
+    def _helo(self, argument: bytes) -> tuple[int, object]:
+        return self._greet(argument, esmtp=False)
+
+    def _greet(self, argument: bytes, esmtp: bool) -> tuple[int, object]:
+        if not argument or b" " in argument:
+            return self._error(replies.HELO_SYNTAX)
+        self.helo = argument.decode("utf-8", "replace")
+        self.esmtp = esmtp
+        self._end_transaction()  # RFC 5321 §4.1.4: EHLO resets any transaction
+        return REPLY, self.settings.ehlo_reply if esmtp else self.settings.helo_reply
+
+    def _mail(self, argument: bytes) -> tuple[int, object]:
+        if self.state is State.CONNECTED:
+            return self._error(replies.NEED_HELO)
+        if self.state is not State.READY:
+            return self._error(replies.NESTED_MAIL)
+        parsed = parse_path_argument(argument, b"FROM:")
+        if parsed is None:
+            return self._error(replies.MAIL_SYNTAX)
+        path, parameters = parsed
+        envelope = Envelope(
+            self.client_ip, self.helo, "ESMTP" if self.esmtp else "SMTP"
+        )
+        for key, value in parameters:
+            refusal = self._mail_parameter(envelope, key, value)
+            if refusal is not None:
+                return self._error(refusal)
+        if path:
+            try:
+                envelope.reverse_path = parse_mailbox(path, envelope.smtputf8)
+            except AddressError as exc:
+                return self._error(
+                    replies.UTF8_NOT_DECLARED
+                    if exc.non_ascii
+                    else replies.BAD_SENDER_ADDRESS
+                )
+        if envelope.smtputf8:
+            envelope.protocol = "UTF8SMTP"
+        self.envelope = envelope
+        self.state = State.MAIL
+        return REPLY, replies.SENDER_OK
+
+    def _mail_parameter(
+        self, envelope: Envelope, key: bytes, value: bytes | None
+    ) -> bytes | None:
+        """Apply one ESMTP parameter of MAIL; the refusal, or None."""
+        if key == b"SIZE":  # RFC 1870
+            if value is None or not value.isdigit() or len(value) > 20:
+                return replies.BAD_PARAMETER
+            envelope.declared_size = int(value)
+            if envelope.declared_size > self.settings.max_message_octets:
+                return replies.message_too_big(self.settings.max_message_octets)
+            return None
+        if key == b"BODY":  # RFC 6152
+            body = (value or b"").upper()
+            if body not in (b"7BIT", b"8BITMIME"):
+                return replies.UNSUPPORTED_PARAMETER
+            envelope.body = body.decode("ascii")
+            return None
+        if key == b"SMTPUTF8" and value is None:  # RFC 6531
+            envelope.smtputf8 = True
+            return None
+        return replies.UNSUPPORTED_PARAMETER
+
+    def _rcpt(self, argument: bytes) -> tuple[int, object]:
+        if self.state is not State.MAIL:
+            return self._error(
+                replies.NEED_HELO if self.state is State.CONNECTED else replies.NEED_MAIL
+            )
+        envelope = self.envelope
+        parsed = parse_path_argument(argument, b"TO:")
+        if parsed is None or not parsed[0]:
+            return self._error(replies.RCPT_SYNTAX)
+        path, parameters = parsed
+        if parameters:
+            return self._error(replies.UNSUPPORTED_PARAMETER)
+        if len(envelope.recipients) >= self.settings.max_recipients:
+            return REPLY, replies.TOO_MANY_RECIPIENTS
+        if path.lower() == b"postmaster":  # RFC 5321 §4.5.1: no domain needed
+            mailbox = Mailbox("postmaster", "")
+        else:
+            try:
+                mailbox = parse_mailbox(path, envelope.smtputf8)
+            except AddressError as exc:
+                return self._error(
+                    replies.UTF8_NOT_DECLARED
+                    if exc.non_ascii
+                    else replies.BAD_RECIPIENT_ADDRESS
+                )
+            if not self.directory.is_local_domain(mailbox.domain):
+                return self._error(replies.RELAY_DENIED)
+        targets = self.directory.resolve(mailbox)
+        if targets is None:
+            return self._error(replies.UNKNOWN_USER)
+        envelope.recipients.append(Recipient(mailbox, targets))
+        return REPLY, replies.RECIPIENT_OK
+
+    def _data(self, argument: bytes) -> tuple[int, object]:
+        if argument:
+            return self._error(replies.NO_ARGUMENTS)
+        refusal = self._content_precondition()
+        if refusal is not None:
+            return self._error(refusal)
+        if self._chunks_seen:
+            return self._error(replies.DATA_AFTER_BDAT)
+        self._start_content()
+        self.state = State.DATA
+        return START_DATA, replies.START_DATA
+
+    def _bdat(self, argument: bytes) -> tuple[int, object]:
+        size_text, _space, rest = argument.partition(b" ")
+        last = rest.strip().upper()
+        if not size_text.isdigit() or len(size_text) > 20 or last not in (b"", b"LAST"):
+            # Without a size we cannot know where the chunk ends: the best we
+            # can do is treat what follows as commands, as the client will.
+            return self._error(replies.BDAT_SYNTAX)
+        size = int(size_text)
+        first = not self._chunks_seen
+        refusal = self._content_precondition()
+        if refusal is not None:
+            # The chunk must still be read; refuse it when it is complete.
+            self._content_refusal = refusal
+            self._chunk_last = True
+            self._chunks_seen = True
+            self.state = State.CHUNK
+            return START_CHUNK, (size, first)
+        if first:
+            self._start_content()
+        self._chunks_seen = True
+        self._chunk_last = last == b"LAST"
+        self.state = State.CHUNK
+        return START_CHUNK, (size, first)
+
+    def _content_precondition(self) -> bytes | None:
+        if self.state is State.CONNECTED:
+            return replies.NEED_HELO
+        if self.state is not State.MAIL:
+            return replies.NEED_MAIL
+        if not self.envelope.recipients:
+            return replies.NO_VALID_RECIPIENTS
+        return None
+
+    def _rset(self, argument: bytes) -> tuple[int, object]:
+        if argument:
+            return self._error(replies.NO_ARGUMENTS)
+        self._end_transaction()
+        return REPLY, replies.RESET_OK
+
+    def _noop(self, argument: bytes) -> tuple[int, object]:
+        return REPLY, replies.OK
+
+    def _quit(self, argument: bytes) -> tuple[int, object]:
+        self.state = State.CLOSED
+        return CLOSE, replies.closing(self.settings.hostname)
+
+    def _vrfy(self, argument: bytes) -> tuple[int, object]:
+        if not argument:
+            return self._error(replies.NO_ARGUMENTS)
+        return REPLY, replies.CANNOT_VRFY
+
+    def _help(self, argument: bytes) -> tuple[int, object]:
+        return REPLY, replies.HELP
+
+    # Content.
+
+    def _start_content(self) -> None:
+        self._content_octets = 0
+        self._content_refusal = None
+
+    def _content(self, octets: bytes) -> tuple[int, object]:
+        if self._content_refusal is not None:
+            return _NOTHING
+        self._content_octets += len(octets)
+        if self._content_octets > self.settings.max_message_octets:
+            self._content_refusal = replies.message_too_big(
+                self.settings.max_message_octets
+            )
+            return _NOTHING
+        return STORE, octets
+
+    def _content_flags_refusal(self, flags: int) -> bytes | None:
+        if flags & (CONTENT_BARE_CR | CONTENT_BARE_LF):
+            return replies.MESSAGE_BARE_NEWLINE
+        if flags & CONTENT_LINE_TOO_LONG:
+            return replies.MESSAGE_LINE_TOO_LONG
+        return None
+
+    def _end_of_data(self, flags: int) -> tuple[int, object]:
+        refusal = self._content_refusal or self._content_flags_refusal(flags)
+        if refusal is not None:
+            self._end_transaction()
+            return self._error(refusal)
+        self.state = State.COMMITTING
+        return COMMIT, None
+
+    def _end_of_chunk(self, flags: int) -> tuple[int, object]:
+        """``flags`` must already include what only the last chunk can tell."""
+        refusal = self._content_refusal or self._content_flags_refusal(flags)
+        if refusal is not None:
+            if self.envelope is not None:
+                self._end_transaction()  # RFC 3030 §2: a refused chunk ends it
+            else:
+                self.state = State.READY if self.helo else State.CONNECTED
+                self._chunks_seen = False
+            return self._error(refusal)
+        if not self._chunk_last:
+            self.state = State.MAIL
+            return REPLY, replies.OK
+        self.state = State.COMMITTING
+        return COMMIT, None
+
+    @property
+    def chunk_is_last(self) -> bool:
+        """Whether the chunk being read ends the message (BDAT ... LAST)."""
+        return self._chunk_last
+
+    # Bookkeeping.
+
+    def _end_transaction(self) -> None:
+        self.envelope = None
+        self._chunks_seen = False
+        self._chunk_last = False
+        self._content_refusal = None
+        if self.state is not State.CLOSED:
+            self.state = State.READY if self.helo else State.CONNECTED
+
+    def _error(self, reply: bytes) -> tuple[int, object]:
+        """A refusal that counts against the client's error budget."""
+        self.bad_commands += 1
+        if self.bad_commands > self.settings.max_bad_commands:
+            self.state = State.CLOSED
+            return CLOSE, replies.TOO_MANY_ERRORS
+        return REPLY, reply
