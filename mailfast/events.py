@@ -5,8 +5,8 @@ the cheapest object the compiled parser can hand to Python, and two parsers'
 outputs compare with ``==`` in differential tests.
 
     (COMMAND, verb, argument)       verb: upper-cased bytes; argument: bytes after
-                                    the verb's separating spaces, trailing spaces
-                                    and the line ending removed
+                                    the verb's separating spaces, trailing spaces,
+                                    tabs and the line ending removed
     (BAD_COMMAND, reason)           a command line that cannot be a command;
                                     reason is one of the REASON_* values
     (CONTENT, octets)               message content, dot-unstuffed for DATA,
