@@ -18,7 +18,7 @@ build: $(STAMP) mailfast/_parser.pyx
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "Cython>=3.0" "setuptools>=68" wheel
+	$(PY) -m pip install -q "Cython>=3.0" "setuptools>=77" wheel
 	$(PY) -m pip install -q -e ".[test]" --no-build-isolation
 	touch $@
 
