@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MAX_PATH_OCTETS = 256  # RFC 5321 §4.5.3.1.3
+MAX_PATH_OCTETS = 256  # RFC 5321 §4.5.3.1.3, angle brackets included
 _ATEXT = frozenset(
     b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~"
 )
@@ -40,7 +40,7 @@ def parse_mailbox(path: bytes, utf8: bool) -> Mailbox:
     ``utf8`` says whether the transaction declared SMTPUTF8; without it a
     non-ASCII address raises AddressError(non_ascii=True).
     """
-    if len(path) > MAX_PATH_OCTETS:
+    if len(path) + 2 > MAX_PATH_OCTETS:
         raise AddressError()
     if path.startswith(b"@"):  # source route "@a,@b:user@c": accept and ignore
         _route, colon, path = path.partition(b":")
@@ -80,12 +80,20 @@ def _split_at(path: bytes) -> int:
 
 def _is_local_part(local_part: bytes) -> bool:
     if local_part.startswith(b'"'):
-        return len(local_part) >= 2 and local_part.endswith(b'"')
+        # Quoting allows spaces and specials, never control characters: they
+        # would end up in headers and log lines.
+        return (
+            len(local_part) >= 2
+            and local_part.endswith(b'"')
+            and all(0x20 <= octet <= 0x7E or octet >= 0x80 for octet in local_part)
+        )
     if not local_part or local_part.startswith(b".") or local_part.endswith(b"."):
         return False
     if b".." in local_part:
         return False
-    return all(octet in _ATEXT or octet == 0x2E or octet >= 0x80 for octet in local_part)
+    return all(
+        octet in _ATEXT or octet == 0x2E or octet >= 0x80 for octet in local_part
+    )
 
 
 def _is_domain(domain: bytes) -> bool:

@@ -54,6 +54,41 @@ class MaildirConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RelayConfig:
+    # Clients that may send to any domain without authenticating.
+    trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    port: int = 25  # destination port of MX hosts
+    smarthost: str = ""  # "host", "[host]", "ip" with optional ":port"; "" = MX
+    nameservers: tuple[str, ...] = ()  # "ip" or "ip:port"; () = /etc/resolv.conf
+    dns_timeout_s: float = 5.0
+    mx_cache_path: str = "var/cache/mx.sqlite"
+    mx_cache_min_ttl_s: int = 60
+    mx_cache_max_ttl_s: int = 86400
+    mx_cache_negative_ttl_s: int = 300
+    max_per_destination: int = 20  # concurrent connections per domain, per worker
+    connect_timeout_s: float = 30.0
+    command_timeout_s: float = 300.0  # RFC 5321 §4.5.3.2
+    data_timeout_s: float = 180.0  # each block of content
+    final_timeout_s: float = 600.0  # the reply to the final dot
+    idle_reuse_s: float = 5.0  # keep an idle connection this long for the next message
+    tls: str = "may"  # "may": STARTTLS when offered, plain text if it fails; "none"
+    tls_policy: dict[str, str] = field(
+        default_factory=dict
+    )  # domain -> may/encrypt/none
+    max_received_headers: int = 50  # more means a mail loop: bounce with 5.4.6
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    directory: str = "var/queue"
+    max_lifetime_s: float = 432_000.0  # 5 days, then bounce
+    min_backoff_s: float = 300.0  # first retry; doubles per attempt
+    max_backoff_s: float = 4000.0
+    scan_interval_s: float = 60.0  # how often each worker looks for due messages
+    max_active: int = 1000  # messages one worker delivers at once
+
+
+@dataclass(frozen=True, slots=True)
 class DomainConfig:
     mailboxes: tuple[str, ...] = ()
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -65,6 +100,8 @@ class Config:
     server: ServerConfig = ServerConfig()
     limits: LimitsConfig = LimitsConfig()
     maildir: MaildirConfig = MaildirConfig()
+    relay: RelayConfig = RelayConfig()
+    queue: QueueConfig = QueueConfig()
     domains: dict[str, DomainConfig] = field(default_factory=dict)
 
     @property
@@ -107,7 +144,7 @@ def parse(text: str, source: str = "<string>") -> Config:
 def to_toml(config: Config) -> str:
     """The effective configuration, in the file's own syntax."""
     lines: list[str] = []
-    for section in ("server", "limits", "maildir"):
+    for section in ("server", "limits", "maildir", "relay", "queue"):
         lines.append(f"[{section}]")
         for f in dataclasses.fields(getattr(config, section)):
             value = getattr(getattr(config, section), f.name)
@@ -117,10 +154,7 @@ def to_toml(config: Config) -> str:
         lines.append(f"[domains.{_toml_value(name)}]")
         lines.append(f"mailboxes = {_toml_value(domain.mailboxes)}")
         lines.append(f"catch_all = {_toml_value(domain.catch_all)}")
-        aliases = ", ".join(
-            f"{_toml_value(k)} = {_toml_value(v)}" for k, v in domain.aliases.items()
-        )
-        lines.append(f"aliases = {{ {aliases} }}")
+        lines.append(f"aliases = {_toml_value(domain.aliases)}")
         lines.append("")
     return "\n".join(lines)
 
@@ -131,10 +165,24 @@ def _toml_value(value: object) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return '"' + "".join(_toml_char(c) for c in value) + '"'
     if isinstance(value, (tuple, list)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(
+            f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items()
+        )
+        return "{ " + items + " }" if items else "{}"
     raise TypeError(type(value))
+
+
+def _toml_char(char: str) -> str:
+    """One character of a TOML basic string, escaped where TOML requires it."""
+    if char in ('"', "\\"):
+        return "\\" + char
+    if char < " " and char != "\t" or char == "\x7f":
+        return f"\\u{ord(char):04X}"
+    return char
 
 
 def _build(cls: type, raw: object, prefix: str) -> object:
@@ -194,14 +242,15 @@ def _validate(config: Config) -> None:
     if config.server.workers < 0:
         raise ConfigError("server.workers: must be 0 (one per CPU) or more")
     if config.server.log_level not in ("trace", "debug", "info", "warning", "error"):
-        raise ConfigError(
-            "server.log_level: one of trace, debug, info, warning, error"
-        )
+        raise ConfigError("server.log_level: one of trace, debug, info, warning, error")
     if config.maildir.sync not in ("syncfs", "fsync"):
         raise ConfigError('maildir.sync: "syncfs" or "fsync"')
-    for f in dataclasses.fields(LimitsConfig):
-        if getattr(config.limits, f.name) <= 0:
-            raise ConfigError(f"limits.{f.name}: must be greater than 0")
+    for section in ("limits", "queue"):
+        for f in dataclasses.fields(getattr(config, section)):
+            value = getattr(getattr(config, section), f.name)
+            if isinstance(value, (int, float)) and value <= 0:
+                raise ConfigError(f"{section}.{f.name}: must be greater than 0")
+    _validate_relay(config.relay)
     if config.limits.max_command_octets < 512:
         raise ConfigError("limits.max_command_octets: RFC 5321 requires at least 512")
     if config.limits.max_data_line_octets < 1000:
@@ -214,6 +263,43 @@ def _validate(config: Config) -> None:
         for mailbox in domain.mailboxes:
             if not mailbox or "/" in mailbox or mailbox.startswith("."):
                 raise ConfigError(f"domains.{name}.mailboxes: bad name {mailbox!r}")
+
+
+def _validate_relay(relay: RelayConfig) -> None:
+    for network in relay.trusted_networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"relay.trusted_networks: {network!r} is not a network"
+            ) from None
+    for server in relay.nameservers:
+        parse_nameserver(server)
+    if relay.tls not in ("may", "none"):
+        raise ConfigError('relay.tls: "may" or "none"')
+    for domain, policy in relay.tls_policy.items():
+        if policy not in ("may", "encrypt", "none"):
+            raise ConfigError(f"relay.tls_policy.{domain}: may, encrypt or none")
+    if not 0 < relay.port < 65536:
+        raise ConfigError("relay.port: not a port number")
+
+
+def parse_nameserver(server: str) -> tuple[str, int]:
+    """``"127.0.0.1"``, ``"127.0.0.1:5353"`` or ``"[::1]:5353"`` to (ip, port)."""
+    if server.count(":") > 1 and not server.startswith("["):
+        host, port = server, "53"  # a bare IPv6 address
+    elif ":" in server:
+        host, _colon, port = server.rpartition(":")
+    else:
+        host, port = server, "53"
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.ip_address(host)
+        if not 0 < int(port) < 65536:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"relay.nameservers: {server!r} is not ip[:port]") from None
+    return host, int(port)
 
 
 def parse_listen(address: str, key: str) -> tuple[str, int]:

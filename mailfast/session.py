@@ -105,6 +105,7 @@ class SessionSettings:
             "SMTPUTF8",
             "ENHANCEDSTATUSCODES",
             "CHUNKING",
+            "DSN",
         ]
         return cls(
             hostname=hostname,
@@ -118,10 +119,19 @@ class SessionSettings:
 
 
 class Session:
-    def __init__(self, settings: SessionSettings, directory: Directory, client_ip: str):
+    def __init__(
+        self,
+        settings: SessionSettings,
+        directory: Directory,
+        client_ip: str,
+        relay_permitted: bool = False,
+    ):
         self.settings = settings
         self.directory = directory
         self.client_ip = client_ip
+        # Decided by the caller's policy (trusted networks, later
+        # authentication); the session only applies it.
+        self.relay_permitted = relay_permitted
         self.state = State.CONNECTED
         self.helo = ""
         self.esmtp = False
@@ -133,6 +143,7 @@ class Session:
         self._content_refusal: bytes | None = None
         self._chunk_last = False
         self._chunks_seen = False
+        self._rcpt_given = False  # any RCPT in this transaction, accepted or not
         self._dispatch = {
             b"EHLO": self._ehlo,
             b"HELO": self._helo,
@@ -260,20 +271,53 @@ class Session:
         if key == b"SMTPUTF8" and value is None:  # RFC 6531
             envelope.smtputf8 = True
             return None
+        if key == b"RET" and not envelope.ret:  # RFC 3461 §4.3
+            ret = (value or b"").upper()
+            if ret not in (b"FULL", b"HDRS"):
+                return replies.BAD_PARAMETER
+            envelope.ret = ret.decode("ascii")
+            return None
+        if key == b"ENVID" and not envelope.envid:  # RFC 3461 §4.4
+            if not value or len(value) > 100 or not _is_xtext(value):
+                return replies.BAD_PARAMETER
+            envelope.envid = value.decode("ascii")
+            return None
         return replies.UNSUPPORTED_PARAMETER
+
+    def _rcpt_parameters(
+        self, recipient: Recipient, parameters: list[tuple[bytes, bytes | None]]
+    ) -> bytes | None:
+        """Apply the DSN parameters of RCPT (RFC 3461 §4.1-4.2); the refusal, or None."""
+        for key, value in parameters:
+            if key == b"NOTIFY" and value and not recipient.notify:
+                notify = tuple(value.upper().decode("ascii", "replace").split(","))
+                if not set(notify) <= {"SUCCESS", "FAILURE", "DELAY"} and notify != (
+                    "NEVER",
+                ):
+                    return replies.BAD_PARAMETER
+                recipient.notify = notify
+            elif key == b"ORCPT" and value and not recipient.orcpt:
+                address_type, semicolon, address = value.partition(b";")
+                if not semicolon or not address_type or not _is_xtext(address):
+                    return replies.BAD_PARAMETER
+                recipient.orcpt = value.decode("ascii")
+            else:
+                return replies.UNSUPPORTED_PARAMETER
+        return None
 
     def _rcpt(self, argument: bytes) -> tuple[int, object]:
         if self.state is not State.MAIL:
             return self._error(
-                replies.NEED_HELO if self.state is State.CONNECTED else replies.NEED_MAIL
+                replies.NEED_HELO
+                if self.state is State.CONNECTED
+                else replies.NEED_MAIL
             )
         envelope = self.envelope
+        self._rcpt_given = True
         parsed = parse_path_argument(argument, b"TO:")
         if parsed is None or not parsed[0]:
             return self._error(replies.RCPT_SYNTAX)
         path, parameters = parsed
-        if parameters:
-            return self._error(replies.UNSUPPORTED_PARAMETER)
         if len(envelope.recipients) >= self.settings.max_recipients:
             return REPLY, replies.TOO_MANY_RECIPIENTS
         if path.lower() == b"postmaster":  # RFC 5321 §4.5.1: no domain needed
@@ -287,12 +331,19 @@ class Session:
                     if exc.non_ascii
                     else replies.BAD_RECIPIENT_ADDRESS
                 )
-            if not self.directory.is_local_domain(mailbox.domain):
-                return self._error(replies.RELAY_DENIED)
-        targets = self.directory.resolve(mailbox)
-        if targets is None:
-            return self._error(replies.UNKNOWN_USER)
-        envelope.recipients.append(Recipient(mailbox, targets))
+        if self.directory.is_local_domain(mailbox.domain) or not mailbox.domain:
+            targets = self.directory.resolve(mailbox)
+            if targets is None:
+                return self._error(replies.UNKNOWN_USER)
+        elif self.relay_permitted and not mailbox.domain.startswith("["):
+            targets = ()
+        else:
+            return self._error(replies.RELAY_DENIED)
+        recipient = Recipient(mailbox, targets)
+        refusal = self._rcpt_parameters(recipient, parameters)
+        if refusal is not None:
+            return self._error(refusal)
+        envelope.recipients.append(recipient)
         return REPLY, replies.RECIPIENT_OK
 
     def _data(self, argument: bytes) -> tuple[int, object]:
@@ -310,7 +361,7 @@ class Session:
     def _bdat(self, argument: bytes) -> tuple[int, object]:
         size_text, _space, rest = argument.partition(b" ")
         last = rest.strip().upper()
-        if not size_text.isdigit() or len(size_text) > 20 or last not in (b"", b"LAST"):
+        if not size_text.isdigit() or len(size_text) > 18 or last not in (b"", b"LAST"):
             # Without a size we cannot know where the chunk ends: the best we
             # can do is treat what follows as commands, as the client will.
             return self._error(replies.BDAT_SYNTAX)
@@ -337,7 +388,10 @@ class Session:
         if self.state is not State.MAIL:
             return replies.NEED_MAIL
         if not self.envelope.recipients:
-            return replies.NO_VALID_RECIPIENTS
+            # RFC 5321 §3.3: 503 when no RCPT was sent, 554 when all were refused.
+            return (
+                replies.NO_VALID_RECIPIENTS if self._rcpt_given else replies.NEED_RCPT
+            )
         return None
 
     def _rset(self, argument: bytes) -> tuple[int, object]:
@@ -418,6 +472,7 @@ class Session:
 
     def _end_transaction(self) -> None:
         self.envelope = None
+        self._rcpt_given = False
         self._chunks_seen = False
         self._chunk_last = False
         self._content_refusal = None
@@ -431,3 +486,20 @@ class Session:
             self.state = State.CLOSED
             return CLOSE, replies.TOO_MANY_ERRORS
         return REPLY, reply
+
+
+def _is_xtext(value: bytes) -> bool:
+    """RFC 3461 §4: printable ASCII except "+" and "=", with "+XX" hex escapes."""
+    i = 0
+    while i < len(value):
+        octet = value[i]
+        if octet == 0x2B:  # "+" must start a two-digit upper-case hex escape
+            escape = value[i + 1 : i + 3]
+            if len(escape) != 2 or not all(c in b"0123456789ABCDEF" for c in escape):
+                return False
+            i += 3
+            continue
+        if not 0x21 <= octet <= 0x7E or octet == 0x3D:
+            return False
+        i += 1
+    return True

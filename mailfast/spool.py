@@ -49,12 +49,14 @@ class MessageBuffer:
             pieces = [prefix, *self._chunks]
             if len(pieces) > _IOV_MAX:
                 pieces = [prefix, b"".join(self._chunks)]
-            _write_all(fd, pieces)
+            write_all(fd, pieces)
             return
-        _write_all(fd, [prefix])
+        write_all(fd, [prefix])
         offset = 0
         while offset < self.size:
-            copied = os.copy_file_range(self._fd, fd, self.size - offset, offset)
+            # sendfile(2) copies file to file inside the kernel, and unlike
+            # copy_file_range(2) it works across file systems.
+            copied = os.sendfile(fd, self._fd, offset, self.size - offset)
             if copied == 0:
                 raise OSError("spool file shorter than the message")
             offset += copied
@@ -72,7 +74,8 @@ class MessageBuffer:
             self._fd = -1
 
 
-def _write_all(fd: int, pieces: list[bytes]) -> None:
+def write_all(fd: int, pieces: list[bytes]) -> None:
+    """writev(2) until every octet of ``pieces`` is written."""
     total = sum(map(len, pieces))
     written = os.writev(fd, pieces)
     if written == total:
