@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "Cython>=3.0" "setuptools>=77" wheel
-	$(PY) -m pip install -q -e ".[test]" --no-build-isolation
+	$(PY) -m pip install -q -e ".[test,bench]" --no-build-isolation
 	touch $@
 
 # Debian tools the end-to-end tests drive: swaks, Postfix's smtp-source and
@@ -35,6 +35,11 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
 	    swaks postfix mutt >/dev/null; \
 	fi
+
+# Side by side with Postfix on this machine; prints one table, never fails on
+# a missed target.
+bench: build system-deps
+	$(PY) bench/run.py
 
 clean:
 	rm -rf build $(VENV) mailfast/*.so mailfast/_parser.c *.egg-info

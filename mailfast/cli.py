@@ -24,7 +24,15 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check-config", help="validate the configuration and print it in full"
     )
-    for sub in (serve, check):
+    queue = commands.add_parser(
+        "queue",
+        help="list, show, flush or delete queued messages (works while serving)",
+    )
+    queue.add_argument(
+        "action", nargs="?", default="list", choices=["list", "show", "flush", "delete"]
+    )
+    queue.add_argument("queue_ids", nargs="*", metavar="ID")
+    for sub in (serve, check, queue):
         sub.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
     for sub in (parser, serve):
         sub.add_argument(
@@ -46,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         sys.stdout.write(configuration.to_toml(config))
         return 0
+    if args.command == "queue":
+        from . import queuecmd
+        from .mailqueue import MailQueue
+
+        return queuecmd.run(
+            MailQueue(config.queue.directory), args.action, args.queue_ids
+        )
     if args.workers is not None and args.workers < 1:
         print("mailfast: --workers must be at least 1", file=sys.stderr)
         return EXIT_CONFIG

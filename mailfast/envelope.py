@@ -12,7 +12,13 @@ from .directory import LocalTarget
 @dataclass(slots=True)
 class Recipient:
     mailbox: Mailbox
-    targets: tuple[LocalTarget, ...]  # local mailboxes it resolves to
+    targets: tuple[LocalTarget, ...]  # local mailboxes; () for a relayed recipient
+    notify: tuple[str, ...] = ()  # DSN NOTIFY= (RFC 3461 §4.1), () when not given
+    orcpt: str = ""  # DSN ORCPT= as received, "" when not given
+
+    @property
+    def is_remote(self) -> bool:
+        return not self.targets
 
 
 @dataclass(slots=True)
@@ -24,11 +30,21 @@ class Envelope:
     body: str = "7BIT"  # BODY= of MAIL (RFC 6152)
     smtputf8: bool = False
     declared_size: int = 0  # SIZE= of MAIL (RFC 1870), 0 when not given
+    ret: str = ""  # DSN RET= (RFC 3461 §4.3): "FULL", "HDRS" or ""
+    envid: str = ""  # DSN ENVID= (RFC 3461 §4.4), xtext as received
     recipients: list[Recipient] = field(default_factory=list)
 
     @property
     def sender(self) -> str:
         return "" if self.reverse_path is None else str(self.reverse_path)
+
+    def remote_recipients(self) -> list[Recipient]:
+        """Relayed recipients, each address once."""
+        seen: dict[str, Recipient] = {}
+        for recipient in self.recipients:
+            if recipient.is_remote:
+                seen.setdefault(str(recipient.mailbox), recipient)
+        return list(seen.values())
 
     def local_targets(self) -> list[LocalTarget]:
         """Each local mailbox once, however many recipients lead to it."""

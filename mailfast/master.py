@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from . import config as configuration
 from .config import Config, ConfigError
+from .mailqueue import MailQueue
 
 log = logging.getLogger("mailfast.master")
 
@@ -78,6 +79,11 @@ class Master:
         except OSError as exc:
             log.error("cannot listen: %s", exc)
             return EXIT_BIND
+        queue = MailQueue(self.config.queue.directory)
+        queue.create_directories()
+        recovered = queue.recover()  # no worker runs yet: every active file is orphaned
+        if recovered:
+            log.info("recovered %d queued messages from a previous run", recovered)
         wakeup_read, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wakeup_fds = (wakeup_read, wakeup_write)
         signal.set_wakeup_fd(wakeup_write)
@@ -233,6 +239,10 @@ class Master:
                 continue
             os.close(worker.heartbeat_fd)
             reason = _describe_status(status)
+            # Before any replacement starts: its messages are nobody's now.
+            recovered = MailQueue(self.config.queue.directory).recover(pid)
+            if recovered:
+                log.info("worker %d left %d queued messages; requeued", pid, recovered)
             if worker.retiring:
                 log.info("worker %d exited (%s)", pid, reason)
             else:

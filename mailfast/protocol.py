@@ -22,6 +22,7 @@ from . import replies, session as steps
 from ._parser import Parser
 from .delivery import Delivery
 from .directory import Directory
+from .policy import RelayPolicy
 from .events import COMMAND, END_OF_CHUNK, END_OF_DATA
 from .ids import new_queue_id
 from .logconfig import TRACE
@@ -39,6 +40,7 @@ class WorkerContext:
 
     settings: SessionSettings
     directory: Directory
+    relay_policy: RelayPolicy
     delivery: Delivery
     max_command_octets: int
     max_data_line_octets: int
@@ -70,7 +72,12 @@ class SMTPConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "unknown"
-        self.session = Session(self.context.settings, self.context.directory, self.client_ip)
+        self.session = Session(
+            self.context.settings,
+            self.context.directory,
+            self.client_ip,
+            relay_permitted=self.context.relay_policy.permits(self.client_ip),
+        )
         self.context.connections.add(self)
         log.debug("connect from [%s]", self.client_ip)
         transport.write(self.session.greeting())

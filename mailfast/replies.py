@@ -82,7 +82,7 @@ NO_VALID_RECIPIENTS = _reply(554, "5.5.1", "No valid recipients")
 
 # 5xx: policy and content.
 UNKNOWN_USER = _reply(550, "5.1.1", "Mailbox unknown")
-RELAY_DENIED = _reply(550, "5.7.1", "Relay access denied")
+RELAY_DENIED = _reply(554, "5.7.1", "Relay access denied")
 MESSAGE_BARE_NEWLINE = _reply(
     550, "5.6.0", "Message contains bare CR or LF (RFC 5321 section 2.3.8)"
 )

@@ -7,20 +7,30 @@ everything else with state are created here, after the fork, never inherited.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
 import socket
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 
+import dns.resolver
 import uvloop
 
+from . import config as configuration
 from .config import Config
 from .delivery import Delivery
 from .directory import Directory
 from .groupcommit import GroupCommitter
 from .maildir import MaildirStore
+from .mailqueue import MailQueue
+from .mx import MXResolver
+from .mxcache import MXCache
+from .policy import RelayPolicy
 from .protocol import SMTPConnection, WorkerContext
+from .relay import Relayer, split_smarthost
+from .relayclient import RelayClient, RelaySettings
 from .session import SessionSettings
 
 log = logging.getLogger("mailfast.worker")
@@ -43,9 +53,18 @@ def run(config: Config, sockets: list[socket.socket], heartbeat_fd: int) -> int:
 
 async def _serve(config: Config, sockets: list[socket.socket], heartbeat_fd: int) -> int:
     loop = asyncio.get_running_loop()
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
-    committer = GroupCommitter(executor, config.maildir.sync)
-    context = _context(config, committer)
+    # One thread for the group committer, whose batches run one at a time,
+    # and a few for queue bookkeeping, so a slow state sync never holds up
+    # the 250s of other sessions.
+    commit_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+    queue_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="queue")
+    committer = GroupCommitter(commit_executor, config.maildir.sync)
+    queue = MailQueue(config.queue.directory)
+    queue.prepare_worker()
+    context = _context(config, committer, queue)
+    relayer = _relayer(config, queue, context.delivery, queue_executor)
+    context.delivery.on_queued = relayer.submit
+    runner = loop.create_task(relayer.run())
     servers = [
         await loop.create_server(lambda: SMTPConnection(context), sock=sock, backlog=1024)
         for sock in sockets
@@ -61,7 +80,11 @@ async def _serve(config: Config, sockets: list[socket.socket], heartbeat_fd: int
         server.close()
     await _drain(context, config.server.shutdown_grace_s)
     await committer.drain()
-    executor.shutdown(wait=True)
+    runner.cancel()
+    await relayer.drain(timeout_s=min(5.0, config.server.shutdown_grace_s))
+    await committer.drain()
+    commit_executor.shutdown(wait=True)
+    queue_executor.shutdown(wait=True)
     log.info(
         "worker %d stopped: %d messages in %d commit batches",
         os.getpid(),
@@ -71,22 +94,99 @@ async def _serve(config: Config, sockets: list[socket.socket], heartbeat_fd: int
     return 0
 
 
-def _context(config: Config, committer: GroupCommitter) -> WorkerContext:
+def _context(
+    config: Config, committer: GroupCommitter, queue: MailQueue
+) -> WorkerContext:
     hostname = config.hostname
     limits = config.limits
-    maildirs = MaildirStore(config.maildir.root)
+    directory = Directory(config)
+    spool_dir = os.path.abspath(config.server.spool_dir)
+    delivery = Delivery(
+        hostname,
+        directory,
+        MaildirStore(config.maildir.root),
+        queue,
+        committer,
+        spool_dir,
+    )
     return WorkerContext(
         settings=SessionSettings.build(hostname, limits),
-        directory=Directory(config),
-        delivery=Delivery(hostname, maildirs, committer),
+        directory=directory,
+        relay_policy=RelayPolicy(config.relay.trusted_networks),
+        delivery=delivery,
         max_command_octets=limits.max_command_octets,
         max_data_line_octets=limits.max_data_line_octets,
         command_timeout_s=limits.command_timeout_s,
         data_timeout_s=limits.data_timeout_s,
-        spool_dir=os.path.abspath(config.server.spool_dir),
+        spool_dir=spool_dir,
         memory_buffer_octets=limits.memory_buffer_octets,
         connections=set(),
     )
+
+
+def _relayer(
+    config: Config, queue: MailQueue, delivery: Delivery, executor: ThreadPoolExecutor
+) -> Relayer:
+    relay = config.relay
+    nameservers = [configuration.parse_nameserver(ns) for ns in relay.nameservers]
+    if not nameservers:
+        try:
+            nameservers = [(ns, 53) for ns in dns.resolver.Resolver().nameservers]
+        except dns.resolver.NoResolverConfiguration:
+            log.error("no relay.nameservers and no usable /etc/resolv.conf")
+            nameservers = [("127.0.0.1", 53)]
+    smarthost = split_smarthost(relay.smarthost, relay.port)
+    port = smarthost[1] if smarthost else relay.port
+    our_addresses = frozenset(
+        str(ipaddress.ip_address(host))
+        for host, listen_port in (
+            configuration.parse_listen(address, "server.listen")
+            for address in config.server.listen
+        )
+        if listen_port == port
+    )
+    resolver = MXResolver(
+        nameservers,
+        MXCache(
+            relay.mx_cache_path,
+            min_ttl_s=relay.mx_cache_min_ttl_s,
+            max_ttl_s=relay.mx_cache_max_ttl_s,
+            negative_ttl_s=relay.mx_cache_negative_ttl_s,
+        ),
+        timeout_s=relay.dns_timeout_s,
+        our_names=frozenset({config.hostname.lower()}),
+        our_addresses=our_addresses,
+        relay_port=port,
+    )
+    client = RelayClient(
+        RelaySettings(
+            helo_name=config.hostname,
+            port=port,
+            connect_timeout_s=relay.connect_timeout_s,
+            greeting_timeout_s=relay.command_timeout_s,
+            command_timeout_s=relay.command_timeout_s,
+            data_init_timeout_s=min(120.0, relay.command_timeout_s),
+            data_block_timeout_s=relay.data_timeout_s,
+            data_final_timeout_s=relay.final_timeout_s,
+            idle_reuse_s=relay.idle_reuse_s,
+            max_per_destination=relay.max_per_destination,
+            tls_context=_outbound_tls_context() if relay.tls != "none" else None,
+        )
+    )
+    return Relayer(config, queue, resolver, client, delivery, executor)
+
+
+def _outbound_tls_context() -> ssl.SSLContext:
+    """Opportunistic STARTTLS (RFC 3207): encrypt when offered, verify nothing.
+
+    Like Postfix's "may" level, this protects against passive listeners
+    only; an unverified certificate is still better than plain text.
+    """
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 async def _drain(context: WorkerContext, grace_s: float) -> None:
