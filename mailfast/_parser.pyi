@@ -81,6 +81,12 @@ class Parser:
         delivered for the whole message.
         """
 
+    def expect_raw_line(self) -> None:
+        """Return the next command line whole, case kept: ``(COMMAND, b"", line)``.
+
+        For AUTH responses (RFC 4954 §4), which are base64: never upper-cased
+        or split at spaces. A bad line is still reported as BAD_COMMAND.
+        """
     def start_data(self) -> None:
         """Read what follows as DATA content (the caller has sent 354).
 

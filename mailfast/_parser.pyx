@@ -154,6 +154,7 @@ cdef class Parser:
         Py_ssize_t     _scan
         int            _reason
         bint           _discarding
+        bint           _raw_line       # next line verbatim (AUTH responses)
 
         # Content: per message, carried across feeds and BDAT chunks.
         int            _flags
@@ -266,6 +267,14 @@ cdef class Parser:
         self._line_start = True
         self._prev_cr = False
 
+    def expect_raw_line(self):
+        """Return the next command line whole, case kept: (COMMAND, b"", line).
+
+        For the responses of an AUTH exchange (RFC 4954 §4), which are
+        base64 and must not be upper-cased or split like a command.
+        """
+        self._raw_line = True
+
     def start_data(self):
         self._enter_content(_MODE_DATA)
         self._reset_message()
@@ -351,6 +360,7 @@ cdef class Parser:
                 self._scan = 0
                 self._reason = 0
                 self._discarding = True
+                self._raw_line = False
                 return (_BAD_COMMAND, _REASON_TOO_LONG)
             self._scan = i - start
             self._reason = reason
@@ -361,6 +371,7 @@ cdef class Parser:
         self._scan = 0
         self._reason = 0
         if reason:
+            self._raw_line = False
             return (_BAD_COMMAND, reason)
 
         # 3. Split it: verb, spaces, argument; trailing blanks dropped.
@@ -369,6 +380,13 @@ cdef class Parser:
             end -= 1
         while end > start and (p[end - 1] == _SP or p[end - 1] == _HT):
             end -= 1
+        if self._raw_line:
+            self._raw_line = False
+            return (
+                _COMMAND,
+                b"",
+                PyBytes_FromStringAndSize(<const char *>p + start, end - start),
+            )
         verb_end = start
         while verb_end < end and p[verb_end] != _SP:
             verb_end += 1

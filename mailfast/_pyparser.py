@@ -37,6 +37,7 @@ class Parser:
         self._buffer = bytearray()
         self._mode = "command"
         self._discarding = False  # dropping the rest of a too-long command line
+        self._raw_line = False  # the next line verbatim (AUTH responses)
         self._end_pending = False
         self._chunk_left = 0
         self._reset_message()
@@ -58,6 +59,9 @@ class Parser:
 
     def feed(self, data):
         self._buffer += memoryview(data).cast("B")
+
+    def expect_raw_line(self):
+        self._raw_line = True
 
     def start_data(self):
         self._enter_content("data")
@@ -119,21 +123,25 @@ class Parser:
                 if len(self._buffer) >= self._max_command:
                     self._consume(self._max_command)
                     self._discarding = True
+                    self._raw_line = False
                     return (BAD_COMMAND, REASON_TOO_LONG)
                 return None
             line = self._consume(lf + 1)
             if len(line) > self._max_command:
+                self._raw_line = False
                 return (BAD_COMMAND, REASON_TOO_LONG)
 
             line = line[:-1]
             if line.endswith(b"\r"):
                 line = line[:-1]
             for octet in line:  # the first defect names the reason
-                if octet == CR:
-                    return (BAD_COMMAND, REASON_BARE_CR)
-                if octet == 0:
-                    return (BAD_COMMAND, REASON_NUL)
+                if octet in (CR, 0):
+                    self._raw_line = False
+                    return (BAD_COMMAND, REASON_BARE_CR if octet == CR else REASON_NUL)
             line = line.rstrip(b" \t")
+            if self._raw_line:
+                self._raw_line = False
+                return (COMMAND, b"", line)
             verb, _, argument = line.partition(b" ")
             return (COMMAND, verb.upper(), argument.lstrip(b" "))
 

@@ -242,6 +242,10 @@ class MailQueue:
         """
         if not os.path.isdir(self.active_root):
             return 0
+        if pid is None:
+            # Nothing runs yet: half-written files were never acknowledged.
+            for name in os.listdir(self.tmp_dir):
+                os.unlink(os.path.join(self.tmp_dir, name))
         pids = [str(pid)] if pid is not None else os.listdir(self.active_root)
         moved = 0
         now = time.time()

@@ -17,6 +17,7 @@ from mailfast.events import (
     CONTENT,
     END_OF_CHUNK,
     END_OF_DATA,
+    REASON_NUL,
     REASON_TOO_LONG,
 )
 from tests.parser_cases import CASES, FINISHED, PATH_CASES, message
@@ -386,3 +387,27 @@ def test_parse_path_argument(impl, argument, keyword, expected):
 def test_parse_path_argument_differential(argument, keyword):
     expected = _pyparser.parse_path_argument(argument, keyword)
     assert _parser.parse_path_argument(argument, keyword) == expected
+
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(
+    ("wire", "expected"),
+    [
+        (b"dGVzdA==\r\nnoop\r\n", [(COMMAND, b"", b"dGVzdA=="), (COMMAND, b"NOOP", b"")]),
+        (b"a b C\n", [(COMMAND, b"", b"a b C")]),
+        (b"*\r\n", [(COMMAND, b"", b"*")]),
+        (b"a\x00b\r\nnoop x\r\n", [(BAD_COMMAND, REASON_NUL), (COMMAND, b"NOOP", b"x")]),
+    ],
+    ids=["base64-then-command", "bare-lf-spaces-case", "cancel", "bad-line-clears"],
+)
+@pytest.mark.parametrize("per_byte", [False, True], ids=["whole", "per-byte"])
+def test_raw_line_keeps_case_and_spaces_once(impl, wire, expected, per_byte):
+    parser = impl.Parser()
+    parser.expect_raw_line()
+    for piece in [wire[i : i + 1] for i in range(len(wire))] if per_byte else [wire]:
+        parser.feed(piece)
+    events = []
+    while (event := parser.next_event()) is not None:
+        events.append(event)
+    assert events == expected
