@@ -46,6 +46,7 @@ LISTEN_BACKLOG = 1024
 CRASH_WINDOW_S = 10.0  # restarts within this window count as a crash loop
 CRASH_LIMIT = 5  # after this many, wait before the next restart
 DRAIN_MARGIN_S = 5.0  # beyond the grace period, before SIGKILL
+WORKER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 @dataclass(slots=True)
@@ -55,6 +56,7 @@ class Worker:
     heartbeat_fd: int
     last_beat: float
     retiring: bool = False
+    killed: bool = False
 
 
 class Master:
@@ -133,6 +135,12 @@ class Master:
             self.config.server.shutdown_grace_s + DRAIN_MARGIN_S
         )
         log.info("master %d stopping: draining %d workers", os.getpid(), len(self.workers))
+        # Our copies of the listening sockets would keep the kernel accepting
+        # connections that nobody will greet; once the workers close theirs
+        # too, new clients are refused and go to another MX.
+        for sock in self.sockets.values():
+            sock.close()
+        self.sockets.clear()
         for worker in self.workers.values():
             self._retire(worker)
 
@@ -197,7 +205,17 @@ class Master:
         os.set_blocking(heartbeat_read, False)
         os.set_blocking(heartbeat_write, False)
         sockets = [self.sockets[address] for address in self.config.server.listen]
-        pid = os.fork()
+        # Signals stay blocked across the fork until the worker's own handlers
+        # are in place: a SIGTERM in between would otherwise run the master's
+        # handler in the child, which only records it, and be lost.
+        signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
+            raise
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
         if pid == 0:  # the child: never returns
             os.close(heartbeat_read)
             status = EXIT_WORKER_CRASH
@@ -270,8 +288,10 @@ class Master:
         now = time.monotonic()
         for worker in list(self.workers.values()):
             if self.stopping and now > self.stop_deadline:
-                log.error("worker %d did not drain in time; killing it", worker.pid)
-                _kill(worker.pid)
+                if not worker.killed:
+                    log.error("worker %d did not drain in time; killing it", worker.pid)
+                    worker.killed = True
+                    _kill(worker.pid)
             elif now - worker.last_beat > self.config.server.worker_timeout_s:
                 log.error("worker %d stopped responding; killing it", worker.pid)
                 worker.last_beat = now  # kill once; the reaper sees it go

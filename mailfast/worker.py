@@ -71,6 +71,9 @@ async def _serve(config: Config, sockets: list[socket.socket], heartbeat_fd: int
     ]
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # The master forked us with these blocked; a SIGTERM sent meanwhile is
+    # delivered now, to the handler above.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     _beat(loop, heartbeat_fd, stop)
     log.info("worker %d started", os.getpid())
 
@@ -197,10 +200,14 @@ async def _drain(context: WorkerContext, grace_s: float) -> None:
         await asyncio.sleep(0.05)
     for connection in list(context.connections):
         connection.shut_down()
-    # Sessions in the middle of a commit finish it and get their reply.
-    while any(connection.busy for connection in context.connections):
+    # Sessions in the middle of a commit finish it and get their reply; then
+    # give the transports a moment to flush the 421s before the process exits.
+    flush_deadline = loop.time() + 2.0
+    while context.connections and (
+        loop.time() < flush_deadline
+        or any(connection.busy for connection in context.connections)
+    ):
         await asyncio.sleep(0.01)
-    await asyncio.sleep(0)  # let the transports flush their last writes
 
 
 def _beat(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) -> None:
