@@ -71,7 +71,8 @@ def build_dsn(
     now: float,
 ) -> bytes:
     """A multipart/report DSN, CRLF line endings, addressed to ``sender``."""
-    boundary = f"{queue_id}.{os.urandom(6).hex()}/{reporting_mta}"
+    # RFC 2046 §5.1.1: at most 70 characters, so no host name in it.
+    boundary = f"{queue_id}.{os.urandom(8).hex()}"
     date = email.utils.formatdate(now, localtime=True)
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>",
@@ -113,7 +114,7 @@ def build_dsn(
         f"X-Mailfast-Queue-ID: {queue_id}",
     ]
     if envid:
-        lines.append(f"Original-Envelope-Id: {decode_xtext(envid)}")
+        lines.append(f"Original-Envelope-Id: {_field_safe(decode_xtext(envid))}")
     lines.append(f"Arrival-Date: {email.utils.formatdate(arrival, localtime=True)}")
     for failure in failures:
         lines.append("")
@@ -140,7 +141,10 @@ def _recipient_fields(failure: FailedRecipient, date: str) -> list[str]:
     fields = []
     if recipient.orcpt:
         address_type, _semicolon, address = recipient.orcpt.partition(";")
-        fields.append(f"Original-Recipient: {address_type}; {decode_xtext(address)}")
+        fields.append(
+            f"Original-Recipient: {_field_safe(address_type)}; "
+            f"{_field_safe(decode_xtext(address))}"
+        )
     fields += [
         f"Final-Recipient: rfc822; {recipient.address}",
         "Action: failed",
@@ -154,3 +158,9 @@ def _recipient_fields(failure: FailedRecipient, date: str) -> list[str]:
         fields.append(f"Diagnostic-Code: x-mailfast; {outcome.text}")
     fields.append(f"Last-Attempt-Date: {date}")
     return fields
+
+
+def _field_safe(text: str) -> str:
+    """A decoded xtext made safe for a report field: a "+0D+0A" in ENVID or
+    ORCPT must not start a field of its own."""
+    return "".join("?" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
