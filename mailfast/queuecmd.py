@@ -18,7 +18,7 @@ from .mailqueue import MailQueue
 
 
 def run(queue: MailQueue, action: str, queue_ids: list[str]) -> int:
-    if not os.path.isdir(queue.deferred_dir):
+    if not os.path.isdir(queue.deferred_dir) and action in ("list", "flush"):
         print("mail queue is empty")
         return 0
     if action == "list":
@@ -44,7 +44,9 @@ def run(queue: MailQueue, action: str, queue_ids: list[str]) -> int:
 
 
 def _find(queue: MailQueue, queue_id: str) -> tuple[str, str] | None:
-    if "/" in queue_id or queue_id.startswith("."):
+    if "/" in queue_id or queue_id.startswith(".") or not os.path.isdir(
+        queue.deferred_dir
+    ):
         return None
     for where, path in queue.all_messages():
         if os.path.basename(path) == queue_id:

@@ -262,8 +262,10 @@ class Relayer:
         last_report = time.monotonic()
         while True:
             await asyncio.sleep(RUNNER_TICK_S)
-            now = time.time()
+            # The flush stamp first: a flush made after ``now`` was read would
+            # leave its messages looking not yet due.
             flush = self.queue.flush_requested_at()
+            now = time.time()
             if (
                 flush != last_flush
                 or now - last_scan >= self.config.queue.scan_interval_s
