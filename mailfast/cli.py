@@ -32,7 +32,25 @@ def _parser() -> argparse.ArgumentParser:
         "action", nargs="?", default="list", choices=["list", "show", "flush", "delete"]
     )
     queue.add_argument("queue_ids", nargs="*", metavar="ID")
-    for sub in (serve, check, queue):
+    user = commands.add_parser(
+        "user", help="add or delete submission users, set a password, list users"
+    )
+    user.add_argument("action", choices=["add", "del", "passwd", "list"])
+    user.add_argument("name", nargs="?", metavar="NAME", help="the login (not for list)")
+    user.add_argument(
+        "--address",
+        dest="addresses",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="add: an extra envelope sender the user may use (repeatable)",
+    )
+    user.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input",
+    )
+    for sub in (serve, check, queue, user):
         sub.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
     for sub in (parser, serve):
         sub.add_argument(
@@ -61,6 +79,17 @@ def main(argv: list[str] | None = None) -> int:
         return queuecmd.run(
             MailQueue(config.queue.directory), args.action, args.queue_ids
         )
+    if args.command == "user":
+        from . import usercmd
+
+        return usercmd.run(
+            config.auth.users_file,
+            args.action,
+            args.name,
+            args.addresses,
+            args.password_stdin,
+        )
+    assert args.command in (None, "serve"), args.command
     if args.workers is not None and args.workers < 1:
         print("mailfast: --workers must be at least 1", file=sys.stderr)
         return EXIT_CONFIG

@@ -10,12 +10,20 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import pwd
 import socket
+import ssl
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
+
+
+# Limits an operator may switch off with 0.
+_ZERO_MEANS_UNLIMITED = frozenset(
+    {"max_connections", "max_connections_per_ip", "max_connection_rate_per_ip"}
+)
 
 
 class ConfigError(Exception):
@@ -25,7 +33,10 @@ class ConfigError(Exception):
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     hostname: str = ""  # banner and Received headers; "" means the machine's FQDN
-    listen: tuple[str, ...] = ("127.0.0.1:2525",)
+    listen: tuple[str, ...] = ("127.0.0.1:2525",)  # SMTP: MX and relay clients
+    submission: tuple[str, ...] = ()  # RFC 6409 (port 587): STARTTLS, AUTH required
+    submissions: tuple[str, ...] = ()  # RFC 8314 (port 465): implicit TLS, AUTH required
+    user: str = ""  # started as root: run workers as this user after binding
     workers: int = 0  # 0 means one per CPU
     shutdown_grace_s: float = 30.0  # SIGTERM: time sessions get to finish
     worker_timeout_s: float = 30.0  # a worker silent this long is killed
@@ -40,8 +51,11 @@ class LimitsConfig:
     max_command_octets: int = 512  # RFC 5321 §4.5.3.1.4
     max_data_line_octets: int = 1000  # RFC 5321 §4.5.3.1.6
     max_bad_commands: int = 10  # then 421 and close
-    command_timeout_s: float = 300.0  # RFC 5321 §4.5.3.2.7
-    data_timeout_s: float = 300.0  # between reads inside DATA or BDAT
+    max_connections: int = 10_000  # concurrent, whole server; more get 421
+    max_connections_per_ip: int = 50  # concurrent per client address
+    max_connection_rate_per_ip: int = 600  # new connections per address per minute
+    command_timeout_s: float = 300.0  # for each whole command (RFC 5321 §4.5.3.2.7)
+    data_timeout_s: float = 300.0  # for each line of content inside DATA or BDAT
     memory_buffer_octets: int = 262_144  # larger bodies spill to the spool dir
 
 
@@ -89,6 +103,25 @@ class QueueConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TLSConfig:
+    certificate: str = ""  # PEM certificate chain; "" = no TLS at all
+    key: str = ""  # PEM private key
+    handshake_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    users_file: str = "var/users"  # managed with `mailfast user`
+    # AUTH is offered only over TLS; this allows it in plain text to
+    # clients on loopback addresses (a local webmail, tests).
+    allow_plaintext_on_loopback: bool = False
+    offer_on_smtp: bool = False  # also offer AUTH on the `listen` sockets (over TLS)
+    sender_must_match: bool = True  # the envelope sender must be one of the user's
+    max_failures: int = 5  # failed logins per client address within the window
+    failure_window_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
 class DomainConfig:
     mailboxes: tuple[str, ...] = ()
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -102,11 +135,27 @@ class Config:
     maildir: MaildirConfig = MaildirConfig()
     relay: RelayConfig = RelayConfig()
     queue: QueueConfig = QueueConfig()
+    tls: TLSConfig = TLSConfig()
+    auth: AuthConfig = AuthConfig()
     domains: dict[str, DomainConfig] = field(default_factory=dict)
 
     @property
     def hostname(self) -> str:
         return self.server.hostname or socket.getfqdn()
+
+    @property
+    def listeners(self) -> list[tuple[str, str]]:
+        """(address, kind) of every listening socket; kind is "smtp",
+        "submission" or "submissions"."""
+        return [
+            (address, kind)
+            for kind, addresses in (
+                ("smtp", self.server.listen),
+                ("submission", self.server.submission),
+                ("submissions", self.server.submissions),
+            )
+            for address in addresses
+        ]
 
     @property
     def worker_count(self) -> int:
@@ -144,7 +193,7 @@ def parse(text: str, source: str = "<string>") -> Config:
 def to_toml(config: Config) -> str:
     """The effective configuration, in the file's own syntax."""
     lines: list[str] = []
-    for section in ("server", "limits", "maildir", "relay", "queue"):
+    for section in ("server", "limits", "maildir", "relay", "queue", "tls", "auth"):
         lines.append(f"[{section}]")
         for f in dataclasses.fields(getattr(config, section)):
             value = getattr(getattr(config, section), f.name)
@@ -237,18 +286,29 @@ def _type_name(hint: type) -> str:
 
 
 def _validate(config: Config) -> None:
-    for address in config.server.listen:
-        parse_listen(address, "server.listen")
+    for key in ("listen", "submission", "submissions"):
+        for address in getattr(config.server, key):
+            parse_listen(address, f"server.{key}")
+    addresses = [address for address, _kind in config.listeners]
+    if len(set(addresses)) != len(addresses):
+        raise ConfigError("server: an address is listed for two listeners")
+    _validate_tls(config)
     if config.server.workers < 0:
         raise ConfigError("server.workers: must be 0 (one per CPU) or more")
     if config.server.log_level not in ("trace", "debug", "info", "warning", "error"):
         raise ConfigError("server.log_level: one of trace, debug, info, warning, error")
     if config.maildir.sync not in ("syncfs", "fsync"):
         raise ConfigError('maildir.sync: "syncfs" or "fsync"')
-    for section in ("limits", "queue"):
+    for section in ("limits", "queue", "auth"):
         for f in dataclasses.fields(getattr(config, section)):
             value = getattr(getattr(config, section), f.name)
-            if isinstance(value, (int, float)) and value <= 0:
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)) and value < 0:
+                raise ConfigError(f"{section}.{f.name}: must not be negative")
+            if isinstance(value, (int, float)) and value == 0 and not (
+                f.name in _ZERO_MEANS_UNLIMITED
+            ):
                 raise ConfigError(f"{section}.{f.name}: must be greater than 0")
     _validate_relay(config.relay)
     if config.limits.max_command_octets < 512:
@@ -263,6 +323,26 @@ def _validate(config: Config) -> None:
         for mailbox in domain.mailboxes:
             if not mailbox or "/" in mailbox or mailbox.startswith("."):
                 raise ConfigError(f"domains.{name}.mailboxes: bad name {mailbox!r}")
+
+
+def _validate_tls(config: Config) -> None:
+    tls = config.tls
+    if bool(tls.certificate) != bool(tls.key):
+        raise ConfigError("tls.certificate and tls.key: give both or neither")
+    if tls.certificate:
+        try:  # load them now, so a bad file fails check-config, not a worker
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                tls.certificate, tls.key
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"tls.certificate/tls.key: cannot load: {exc}") from None
+    elif config.server.submissions:
+        raise ConfigError("server.submissions: implicit TLS needs tls.certificate")
+    if config.server.user:
+        try:
+            pwd.getpwnam(config.server.user)
+        except KeyError:
+            raise ConfigError(f"server.user: no such user {config.server.user!r}") from None
 
 
 def _validate_relay(relay: RelayConfig) -> None:

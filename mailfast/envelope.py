@@ -32,6 +32,7 @@ class Envelope:
     declared_size: int = 0  # SIZE= of MAIL (RFC 1870), 0 when not given
     ret: str = ""  # DSN RET= (RFC 3461 §4.3): "FULL", "HDRS" or ""
     envid: str = ""  # DSN ENVID= (RFC 3461 §4.4), xtext as received
+    user: str = ""  # the authenticated submitter, "" when none
     recipients: list[Recipient] = field(default_factory=list)
 
     @property

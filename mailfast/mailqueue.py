@@ -127,7 +127,15 @@ class MailQueue:
         self.flush_path = os.path.join(self.directory, "flush")
 
     def create_directories(self) -> None:
-        for path in (self.tmp_dir, self.deferred_dir, self.active_root, self.state_dir):
+        # The queue directory itself first: makedirs gives the parents it
+        # creates the umask's mode, not ours.
+        for path in (
+            self.directory,
+            self.tmp_dir,
+            self.deferred_dir,
+            self.active_root,
+            self.state_dir,
+        ):
             os.makedirs(path, mode=0o700, exist_ok=True)
 
     def active_dir(self, pid: int | None = None) -> str:

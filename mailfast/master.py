@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 from . import config as configuration
 from .config import Config, ConfigError
+from . import privileges
+from .connlimits import ConnectionTable, ConnectionTableFullError
 from .mailqueue import MailQueue
 
 log = logging.getLogger("mailfast.master")
@@ -55,6 +57,7 @@ class Worker:
     generation: int
     heartbeat_fd: int
     last_beat: float
+    slot: int  # this worker's row in the shared connection table
     retiring: bool = False
     killed: bool = False
 
@@ -70,6 +73,12 @@ class Master:
         self.signals: list[int] = []
         self.recent_crashes: list[float] = []
         self.stopping = False
+        # Connection counts shared by all workers, so limits hold server-wide.
+        # Room for two generations side by side during a reload, and more
+        # workers after one; 16,384 address buckets keep it at a few MiB.
+        self.connection_table = ConnectionTable(
+            slots=max(16, 4 * self.worker_count), buckets=16_384
+        )
 
     @property
     def worker_count(self) -> int:
@@ -81,8 +90,10 @@ class Master:
         except OSError as exc:
             log.error("cannot listen: %s", exc)
             return EXIT_BIND
+        privileges.warn_if_root(self.config)
         queue = MailQueue(self.config.queue.directory)
         queue.create_directories()
+        privileges.prepare_directories(self.config)  # after everything it must own
         recovered = queue.recover()  # no worker runs yet: every active file is orphaned
         if recovered:
             log.info("recovered %d queued messages from a previous run", recovered)
@@ -162,7 +173,7 @@ class Master:
         self._spawn_missing()
         for worker in old:
             self._retire(worker)
-        unused = set(self.sockets) - set(new_config.server.listen)
+        unused = set(self.sockets) - {address for address, _ in new_config.listeners}
         for address in unused:  # the retiring workers hold their own copies
             self.sockets.pop(address).close()
 
@@ -170,10 +181,10 @@ class Master:
 
     def _bind(self, config: Config) -> None:
         """Open the listening sockets ``config`` needs and we do not have yet."""
-        for address in config.server.listen:
+        for address, kind in config.listeners:
             if address in self.sockets:
                 continue
-            host, port = configuration.parse_listen(address, "server.listen")
+            host, port = configuration.parse_listen(address, f"server.{kind}")
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -198,13 +209,22 @@ class Master:
         if len(self.recent_crashes) >= CRASH_LIMIT:
             return  # crash loop: the next heartbeat check tries again
         for _ in range(missing):
-            self._spawn()
+            try:
+                self._spawn()
+            except ConnectionTableFullError:
+                log.error("no free connection slot for another worker; restart to grow")
+                return
 
     def _spawn(self) -> None:
-        heartbeat_read, heartbeat_write = os.pipe2(os.O_CLOEXEC)
+        slot = self.connection_table.allocate_slot()
+        try:
+            heartbeat_read, heartbeat_write = os.pipe2(os.O_CLOEXEC)
+        except OSError:
+            self.connection_table.free_slot(slot)
+            raise
         os.set_blocking(heartbeat_read, False)
         os.set_blocking(heartbeat_write, False)
-        sockets = [self.sockets[address] for address in self.config.server.listen]
+        sockets = [(kind, self.sockets[address]) for address, kind in self.config.listeners]
         # Signals stay blocked across the fork until the worker's own handlers
         # are in place: a SIGTERM in between would otherwise run the master's
         # handler in the child, which only records it, and be lost.
@@ -213,6 +233,9 @@ class Master:
             pid = os.fork()
         except OSError:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
+            self.connection_table.free_slot(slot)
+            os.close(heartbeat_read)
+            os.close(heartbeat_write)
             raise
         if pid != 0:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
@@ -228,14 +251,18 @@ class Master:
                     os.close(worker.heartbeat_fd)
                 from . import worker as worker_module
 
-                status = worker_module.run(self.config, sockets, heartbeat_write)
+                status = worker_module.run(
+                    self.config, sockets, heartbeat_write, self.connection_table, slot
+                )
             except BaseException:
                 log.exception("worker %d crashed", os.getpid())
             finally:
                 logging.shutdown()
                 os._exit(status)
         os.close(heartbeat_write)
-        self.workers[pid] = Worker(pid, self.generation, heartbeat_read, time.monotonic())
+        self.workers[pid] = Worker(
+            pid, self.generation, heartbeat_read, time.monotonic(), slot
+        )
 
     def _retire(self, worker: Worker) -> None:
         worker.retiring = True
@@ -256,6 +283,7 @@ class Master:
             if worker is None:
                 continue
             os.close(worker.heartbeat_fd)
+            self.connection_table.free_slot(worker.slot)  # counts a kill -9 left
             reason = _describe_status(status)
             # Before any replacement starts: its messages are nobody's now.
             recovered = MailQueue(self.config.queue.directory).recover(pid)

@@ -16,17 +16,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+import ssl
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
 
 from . import replies, session as steps
 from ._parser import Parser
 from .delivery import Delivery
 from .directory import Directory
-from .policy import RelayPolicy
-from .events import COMMAND, END_OF_CHUNK, END_OF_DATA
+from .policy import LoginFailures, RelayPolicy
+from .events import COMMAND, CONTENT, END_OF_CHUNK, END_OF_DATA
 from .ids import new_queue_id
 from .logconfig import TRACE
-from .session import Session, SessionSettings
+from .session import ListenerPolicy, Session, SessionSettings
 from .spool import MessageBuffer
 
 log = logging.getLogger("mailfast.smtp")
@@ -49,22 +51,33 @@ class WorkerContext:
     spool_dir: str
     memory_buffer_octets: int
     connections: set
+    tls_context: ssl.SSLContext | None = None
+    tls_handshake_timeout_s: float = 30.0
+    users: object | None = None  # UserDatabase: verify(), may_send_as()
+    auth_executor: Executor | None = None  # password hashing, off the loop
+    login_failures: LoginFailures | None = None
+    plaintext_auth_on_loopback: bool = False
+    sender_must_match: bool = True
+    limiter: object | None = None  # ConnectionLimiter: admit(), release()
+    extra: dict = field(default_factory=dict)
 
 
 class SMTPConnection(asyncio.Protocol):
-    def __init__(self, context: WorkerContext):
+    def __init__(self, context: WorkerContext, listener: ListenerPolicy = ListenerPolicy()):
         self.context = context
+        self.listener = listener
+        self.admitted = False  # counted by the connection limiter
         self.transport: asyncio.Transport | None = None
         self.session: Session | None = None
         self.parser = Parser(context.max_command_octets, context.max_data_line_octets)
         self.message: MessageBuffer | None = None
         self.client_ip = ""
-        self.busy = False  # a commit is in flight
+        self.busy = False  # a commit, handshake or password check is in flight
         self.paused = False
         self._loop = asyncio.get_running_loop()
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._commit_task: asyncio.Task | None = None
+        self._background: asyncio.Task | None = None
 
     # Transport callbacks.
 
@@ -72,20 +85,43 @@ class SMTPConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "unknown"
+        context = self.context
+        if context.limiter is not None:
+            refusal = context.limiter.admit(self.client_ip)
+            if refusal is not None:
+                log.warning("connection from [%s] refused: %s limit", self.client_ip, refusal)
+                transport.write(_LIMIT_REPLIES[refusal])
+                transport.close()
+                return
+            self.admitted = True
+        loopback = self.client_ip.startswith("127.") or self.client_ip == "::1"
         self.session = Session(
-            self.context.settings,
-            self.context.directory,
+            context.settings,
+            context.directory,
             self.client_ip,
-            relay_permitted=self.context.relay_policy.permits(self.client_ip),
+            relay_permitted=context.relay_policy.permits(self.client_ip),
+            listener=self.listener,
+            plaintext_auth_allowed=context.plaintext_auth_on_loopback and loopback,
+            sender_allowed=(
+                context.users.may_send_as
+                if context.users is not None and context.sender_must_match
+                else None
+            ),
         )
-        self.context.connections.add(self)
+        context.connections.add(self)
         log.debug("connect from [%s]", self.client_ip)
         transport.write(self.session.greeting())
         self._extend_deadline()
 
     def data_received(self, data: bytes) -> None:
+        if self.session is None:
+            return  # refused at connect; the transport is closing
         self.parser.feed(data)
-        self._extend_deadline()
+        # Deadlines are per record, not per read: a client sending one octet
+        # at a time must still finish a command line within the command
+        # timeout, and each line of content within the data timeout.
+        if self.session.in_content and b"\n" in data:
+            self._extend_deadline()
         if not self.busy:
             self._process()
         elif self.parser.buffered > MAX_UNPROCESSED_OCTETS and not self.paused:
@@ -97,6 +133,9 @@ class SMTPConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.context.connections.discard(self)
+        if self.admitted:
+            self.admitted = False
+            self.context.limiter.release(self.client_ip)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -112,12 +151,14 @@ class SMTPConnection(asyncio.Protocol):
         parser = self.parser
         out: list[bytes] = []
         tracing = log.isEnabledFor(TRACE)
+        progressed = False  # a command or the end of a message was handled
         while not self.transport.is_closing():
             event = parser.next_event()
             if event is None:
                 break
+            progressed = progressed or event[0] != CONTENT
             if tracing and event[0] == COMMAND:
-                log.log(TRACE, "[%s] > %r %r", self.client_ip, event[1], event[2][:200])
+                self._trace_command(event)
             envelope = session.envelope
             if event[0] == END_OF_CHUNK and session.chunk_is_last:
                 event = (END_OF_CHUNK, parser.finish_chunks(), event[2])
@@ -141,6 +182,18 @@ class SMTPConnection(asyncio.Protocol):
                 self._write(out)
                 self._start_commit()
                 return
+            elif action == steps.EXPECT_LINE:
+                out.append(payload)
+                parser.expect_raw_line()
+            elif action == steps.AUTHENTICATE:
+                self._write(out)
+                self._start_background(self._authenticate(*payload))
+                return
+            elif action == steps.START_TLS:
+                out.append(payload)
+                self._write(out)
+                self._start_background(self._start_tls())
+                return
             elif action == steps.CLOSE:
                 out.append(payload)
                 if payload[0] in b"45":
@@ -149,6 +202,8 @@ class SMTPConnection(asyncio.Protocol):
                 self.transport.close()
                 return
         self._write(out)
+        if progressed:
+            self._extend_deadline()
         if self.paused:
             self.paused = False
             self.transport.resume_reading()
@@ -167,8 +222,91 @@ class SMTPConnection(asyncio.Protocol):
     # Commit.
 
     def _start_commit(self) -> None:
+        self._start_background(self._commit())
+
+    def _start_background(self, work) -> None:
+        """Run ``work`` with input processing paused until it resumes it."""
         self.busy = True
-        self._commit_task = self._loop.create_task(self._commit())
+        self._background = self._loop.create_task(work)
+
+    def _resume(self, reply: bytes | None) -> None:
+        """Background work is done: send its reply and go on with the input."""
+        self.busy = False
+        if self.transport.is_closing():
+            return
+        self._extend_deadline()
+        if reply is not None:
+            self._write([reply])
+        self._process()
+
+    # TLS and authentication.
+
+    async def _start_tls(self) -> None:
+        # RFC 3207 §4.2, and the STARTTLS command injection class of 2011:
+        # whatever the client sent after STARTTLS in plain text is dropped.
+        self.parser = Parser(
+            self.context.max_command_octets, self.context.max_data_line_octets
+        )
+        try:
+            transport = await self._loop.start_tls(
+                self.transport,
+                self,
+                self.context.tls_context,
+                server_side=True,
+                ssl_handshake_timeout=self.context.tls_handshake_timeout_s,
+            )
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
+            log.info("TLS handshake failed from [%s]: %s", self.client_ip, exc)
+            self.busy = False
+            if not self.transport.is_closing():
+                self.transport.abort()
+            return
+        self.transport = transport
+        self.session.tls_started()
+        log.debug(
+            "TLS established from [%s]: %s %s",
+            self.client_ip,
+            transport.get_extra_info("ssl_object").version(),
+            transport.get_extra_info("cipher")[0],
+        )
+        self._resume(None)
+
+    async def _authenticate(self, login: str, password: str) -> None:
+        context = self.context
+        failures = context.login_failures
+        if failures is not None and failures.blocked(self.client_ip):
+            log.warning("AUTH refused from [%s]: too many failed logins", self.client_ip)
+            self.session.auth_unavailable()
+            self.busy = False
+            self.transport.write(replies.AUTH_TOO_MANY_FAILURES)
+            self.transport.close()
+            return
+        try:
+            if context.users is None:
+                raise OSError("no users file")
+            user = await self._loop.run_in_executor(
+                context.auth_executor, context.users.verify, login, password
+            )
+        except Exception as exc:  # never the password: not in exc, not in logs
+            log.error("AUTH from [%s] could not be checked: %s", self.client_ip, type(exc).__name__)
+            self._resume(self.session.auth_unavailable())
+            return
+        if user is None:
+            if failures is not None:
+                failures.record(self.client_ip)
+            log.warning("AUTH failed from [%s] login=%r", self.client_ip, login[:64])
+        else:
+            log.info("AUTH from [%s] user=%s", self.client_ip, user)
+        action, reply = self.session.authenticated(user)
+        if action == steps.CLOSE:  # the error budget is spent
+            self.busy = False
+            self.transport.write(reply)
+            self.transport.close()
+            return
+        self._resume(reply)
+
+    def _trace_command(self, event: tuple) -> None:
+        log.log(TRACE, "[%s] > %r %r", self.client_ip, event[1], _loggable_argument(event))
 
     async def _commit(self) -> None:
         session = self.session
@@ -195,22 +333,19 @@ class SMTPConnection(asyncio.Protocol):
         else:
             reply = session.committed(queue_id)
             log.info(
-                "%s: from=<%s> to=%s size=%d client=[%s] result=delivered delay=%.3fs",
+                "%s: from=<%s> to=%s size=%d client=[%s]%s result=delivered delay=%.3fs",
                 queue_id,
                 envelope.sender,
                 _recipients(envelope),
                 message.size,
                 self.client_ip,
+                f" user={envelope.user}" if envelope.user else "",
                 time.monotonic() - started,
             )
         finally:
             message.discard()
-            self.busy = False
-        if self.transport.is_closing():
-            return  # the client left after its final dot; the message stands
-        self._extend_deadline()
-        self._write([reply])
-        self._process()
+        # If the client left after its final dot, the message stands anyway.
+        self._resume(reply)
 
     # Timeouts and shutdown.
 
@@ -222,6 +357,11 @@ class SMTPConnection(asyncio.Protocol):
             else self.context.command_timeout_s
         )
         self._deadline = self._loop.time() + timeout
+        if self._timer is not None and self._timer.when() > self._deadline:
+            # The deadline moved earlier (a shorter timeout now applies): the
+            # lazily re-armed timer would fire too late.
+            self._timer.cancel()
+            self._timer = None
         if self._timer is None:
             self._timer = self._loop.call_at(self._deadline, self._check_deadline)
 
@@ -252,7 +392,8 @@ class SMTPConnection(asyncio.Protocol):
         what = event[1].decode("ascii", "replace") if event[0] == COMMAND else ""
         detail = ""
         if event[0] == COMMAND:
-            detail = " " + repr(event[2][:120])[2:-1] if event[2] else ""
+            argument = _loggable_argument(event)
+            detail = " " + repr(argument[:120])[2:-1] if argument else ""
         elif event[0] in (END_OF_DATA, END_OF_CHUNK):
             what = "end of data"
             if envelope is not None:
@@ -267,6 +408,23 @@ class SMTPConnection(asyncio.Protocol):
             self.session.helo,
             reply.decode("ascii", "replace").rstrip(),
         )
+
+
+def _loggable_argument(event: tuple) -> bytes:
+    """A command's argument as logs may show it: AUTH data is a password in
+    base64, so only the mechanism of AUTH and nothing of a response line."""
+    if event[1] == b"AUTH":
+        return event[2].split(b" ", 1)[0] + b" [redacted]"
+    if event[1] == b"" and event[2]:
+        return b"[redacted]"
+    return event[2][:200]
+
+
+_LIMIT_REPLIES = {
+    "total": replies.TOO_MANY_CONNECTIONS,
+    "per-ip": replies.TOO_MANY_FROM_ADDRESS,
+    "rate": replies.CONNECTION_RATE,
+}
 
 
 def _recipients(envelope) -> str:

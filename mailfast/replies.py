@@ -89,3 +89,37 @@ MESSAGE_BARE_NEWLINE = _reply(
 MESSAGE_LINE_TOO_LONG = _reply(
     550, "5.6.0", "Message has a line longer than the limit (RFC 5321 4.5.3.1.6)"
 )
+
+# TLS (RFC 3207) and authentication (RFC 4954).
+TLS_READY = _reply(220, "2.0.0", "Ready to start TLS")
+TLS_NOT_AVAILABLE = _reply(502, "5.5.1", "STARTTLS not available")
+TLS_ALREADY_ACTIVE = _reply(554, "5.5.1", "TLS already active")
+AUTH_OK = _reply(235, "2.7.0", "Authentication successful")
+AUTH_FAILED = _reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_CANCELLED = _reply(501, "5.7.0", "Authentication cancelled")
+AUTH_BAD_RESPONSE = _reply(501, "5.5.2", "Cannot decode response")
+AUTH_UNKNOWN_MECHANISM = _reply(504, "5.5.4", "Unrecognized authentication mechanism")
+AUTH_ALREADY = _reply(503, "5.5.1", "Already authenticated")
+AUTH_NOT_AVAILABLE = _reply(503, "5.5.1", "Authentication not enabled")
+AUTH_IN_TRANSACTION = _reply(503, "5.5.1", "AUTH not allowed during a mail transaction")
+AUTH_NEEDS_TLS = _reply(
+    538, "5.7.11", "Encryption required for requested authentication mechanism"
+)
+AUTH_REQUIRED = _reply(530, "5.7.0", "Authentication required")
+AUTH_TOO_MANY_FAILURES = _reply(
+    421, "4.7.0", "Too many failed authentication attempts, try again later"
+)
+AUTH_UNAVAILABLE = _reply(454, "4.7.0", "Temporary authentication failure")
+SENDER_NOT_OWNED = _reply(553, "5.7.1", "Sender address not owned by the authenticated user")
+AUTH_PROMPT_EMPTY = b"334 \r\n"
+AUTH_PROMPT_USERNAME = b"334 VXNlcm5hbWU6\r\n"  # "Username:"
+AUTH_PROMPT_PASSWORD = b"334 UGFzc3dvcmQ6\r\n"  # "Password:"
+
+# Connection limits.
+TOO_MANY_CONNECTIONS = _reply(421, "4.7.0", "Too many connections, try again later")
+TOO_MANY_FROM_ADDRESS = _reply(
+    421, "4.7.0", "Too many connections from your address, try again later"
+)
+CONNECTION_RATE = _reply(
+    421, "4.7.0", "Connection rate from your address too high, try again later"
+)

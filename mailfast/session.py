@@ -13,6 +13,12 @@ The connection code feeds bytes to the parser and hands each parser event to
     (DISCARD, None)          nothing to write and nothing to store
     (COMMIT, None)           the message is complete: make it durable, then
                              call ``committed(queue_id)`` or ``commit_failed(reply)``
+    (START_TLS, reply)       write the 220, discard any input already received,
+                             run the TLS handshake, then call ``tls_started()``
+    (EXPECT_LINE, reply)     write the 334 challenge; the next line is an AUTH
+                             response (parser: ``expect_raw_line``)
+    (AUTHENTICATE, (login, password))  check the credentials off the loop, then
+                             call ``authenticated(user or None)`` for the reply
 
 The session never touches a socket, a file, a clock or a logger, so every
 rule below is tested without an event loop.
@@ -20,10 +26,18 @@ rule below is tested without an event loop.
 States::
 
     CONNECTED --EHLO/HELO--> READY --MAIL--> MAIL --RCPT--> MAIL (more RCPT)
+    READY --STARTTLS--> (handshake) --> CONNECTED, EHLO required again
+    READY --AUTH--> AUTH (334 challenges) --> AUTHENTICATING --> READY
     MAIL --DATA--> DATA --end of data--> COMMITTING --committed--> READY
     MAIL --BDAT--> CHUNK --end of chunk--> MAIL (not LAST) | COMMITTING (LAST)
 
 Invariants:
+  * After STARTTLS nothing learnt before the handshake survives: not the
+    EHLO, not input the client pipelined behind the command (RFC 3207 §4.2;
+    the caller discards that input).
+  * A listener that requires authentication refuses MAIL before AUTH, and
+    an authenticated user may relay, but only as one of its own senders
+    when the configuration says so.
   * The final 250 of a message comes only from ``committed``: the caller has
     made the message durable by then. A crash before it loses nothing the
     client was told we accepted.
@@ -36,7 +50,9 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import replies
@@ -65,6 +81,9 @@ START_CHUNK = 4
 STORE = 5
 DISCARD = 6
 COMMIT = 7
+START_TLS = 8
+EXPECT_LINE = 9
+AUTHENTICATE = 10
 
 _NOTHING = (DISCARD, None)
 _BAD_COMMAND_REPLIES = {
@@ -81,7 +100,20 @@ class State(enum.Enum):
     DATA = "data"  # reading DATA content
     CHUNK = "chunk"  # reading a BDAT chunk
     COMMITTING = "committing"  # message complete, waiting for durability
+    AUTH = "auth"  # reading the responses of an AUTH exchange
+    AUTHENTICATING = "authenticating"  # credentials being checked
+    STARTING_TLS = "starting tls"  # handshake in progress
     CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerPolicy:
+    """What one kind of listening socket offers and demands."""
+
+    tls_available: bool = False  # a certificate is configured: offer STARTTLS
+    auth_offered: bool = False  # AUTH on this listener at all
+    auth_required: bool = False  # MAIL needs AUTH first (submission, RFC 6409)
+    implicit_tls: bool = False  # the connection is TLS from its first octet
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +124,18 @@ class SessionSettings:
     max_message_octets: int
     max_recipients: int
     max_bad_commands: int
-    ehlo_reply: bytes
+    extensions: tuple[str, ...]
     helo_reply: bytes
     greeting: bytes
+
+    def ehlo(self, starttls: bool, auth: bool) -> bytes:
+        """The EHLO reply: the fixed extensions plus what this session offers."""
+        extensions = list(self.extensions)
+        if starttls:
+            extensions.append("STARTTLS")
+        if auth:
+            extensions.append("AUTH PLAIN LOGIN")
+        return replies.multiline(250, [self.hostname, *extensions])
 
     @classmethod
     def build(cls, hostname: str, limits) -> SessionSettings:
@@ -112,7 +153,7 @@ class SessionSettings:
             max_message_octets=limits.max_message_octets,
             max_recipients=limits.max_recipients,
             max_bad_commands=limits.max_bad_commands,
-            ehlo_reply=replies.multiline(250, [hostname, *extensions]),
+            extensions=tuple(extensions),
             helo_reply=replies.helo(hostname),
             greeting=replies.greeting(hostname),
         )
@@ -125,13 +166,25 @@ class Session:
         directory: Directory,
         client_ip: str,
         relay_permitted: bool = False,
+        listener: ListenerPolicy = ListenerPolicy(),
+        plaintext_auth_allowed: bool = False,
+        sender_allowed: Callable[[str, str], bool] | None = None,
     ):
         self.settings = settings
         self.directory = directory
         self.client_ip = client_ip
-        # Decided by the caller's policy (trusted networks, later
-        # authentication); the session only applies it.
+        # Decided by the caller's policy (trusted networks); authentication
+        # grants it too. The session only applies it.
         self.relay_permitted = relay_permitted
+        self.listener = listener
+        self.tls_active = listener.implicit_tls
+        self.plaintext_auth_allowed = plaintext_auth_allowed
+        # (user, address) -> may that user send as that envelope sender?
+        # None: any sender.
+        self.sender_allowed = sender_allowed
+        self.user = ""  # the authenticated user, "" before AUTH
+        self._auth_mechanism = b""
+        self._auth_login = ""
         self.state = State.CONNECTED
         self.helo = ""
         self.esmtp = False
@@ -156,6 +209,8 @@ class Session:
             b"QUIT": self._quit,
             b"VRFY": self._vrfy,
             b"HELP": self._help,
+            b"STARTTLS": self._starttls,
+            b"AUTH": self._auth,
         }
 
     @property
@@ -170,6 +225,8 @@ class Session:
         kind = event[0]
         if kind == CONTENT:
             return self._content(event[1])
+        if self.state is State.AUTH:
+            return self._auth_response(event)
         if kind == COMMAND:
             handler = self._dispatch.get(event[1])
             if handler is None:
@@ -196,6 +253,30 @@ class Session:
         self._end_transaction()
         return reply
 
+    def tls_started(self) -> None:
+        """The handshake succeeded: start over, as RFC 3207 §4.2 requires."""
+        self.tls_active = True
+        self.helo = ""
+        self.esmtp = False
+        self._end_transaction()
+        self.state = State.CONNECTED
+
+    def authenticated(self, user: str | None) -> tuple[int, object]:
+        """The result of AUTHENTICATE: the user name, or None if refused."""
+        assert self.state is State.AUTHENTICATING
+        self.state = State.READY
+        if user is None:
+            return self._error(replies.AUTH_FAILED)
+        self.user = user
+        self.relay_permitted = True
+        return REPLY, replies.AUTH_OK
+
+    def auth_unavailable(self) -> bytes:
+        """Checking the credentials failed for a reason of ours (454)."""
+        assert self.state is State.AUTHENTICATING
+        self.state = State.READY
+        return replies.AUTH_UNAVAILABLE
+
     def timed_out(self) -> bytes:
         self.state = State.CLOSED
         return replies.TIMEOUT
@@ -218,13 +299,20 @@ class Session:
         self.helo = argument.decode("utf-8", "replace")
         self.esmtp = esmtp
         self._end_transaction()  # RFC 5321 §4.1.4: EHLO resets any transaction
-        return REPLY, self.settings.ehlo_reply if esmtp else self.settings.helo_reply
+        if not esmtp:
+            return REPLY, self.settings.helo_reply
+        return REPLY, self.settings.ehlo(
+            starttls=self.listener.tls_available and not self.tls_active,
+            auth=self._auth_available() and not self.user,
+        )
 
     def _mail(self, argument: bytes) -> tuple[int, object]:
         if self.state is State.CONNECTED:
             return self._error(replies.NEED_HELO)
         if self.state is not State.READY:
             return self._error(replies.NESTED_MAIL)
+        if self.listener.auth_required and not self.user:
+            return self._error(replies.AUTH_REQUIRED)
         parsed = parse_path_argument(argument, b"FROM:")
         if parsed is None:
             return self._error(replies.MAIL_SYNTAX)
@@ -245,8 +333,15 @@ class Session:
                     if exc.non_ascii
                     else replies.BAD_SENDER_ADDRESS
                 )
-        if envelope.smtputf8:
-            envelope.protocol = "UTF8SMTP"
+        if (
+            self.user
+            and self.sender_allowed is not None
+            and envelope.reverse_path is not None
+            and not self.sender_allowed(self.user, str(envelope.reverse_path))
+        ):
+            return self._error(replies.SENDER_NOT_OWNED)
+        envelope.protocol = self._protocol_name(envelope.smtputf8)
+        envelope.user = self.user
         self.envelope = envelope
         self.state = State.MAIL
         return REPLY, replies.SENDER_OK
@@ -270,6 +365,8 @@ class Session:
             return None
         if key == b"SMTPUTF8" and value is None:  # RFC 6531
             envelope.smtputf8 = True
+            return None
+        if key == b"AUTH":  # RFC 4954 §5: we do not trust other servers' claims
             return None
         if key == b"RET" and not envelope.ret:  # RFC 3461 §4.3
             ret = (value or b"").upper()
@@ -393,6 +490,100 @@ class Session:
                 replies.NO_VALID_RECIPIENTS if self._rcpt_given else replies.NEED_RCPT
             )
         return None
+
+    def _protocol_name(self, smtputf8: bool) -> str:
+        """The "with" value of the Received field (RFC 3848, RFC 6531)."""
+        if not self.esmtp:
+            return "SMTP"
+        name = "UTF8SMTP" if smtputf8 else "ESMTP"
+        if self.tls_active:
+            name += "S"
+        if self.user:
+            name += "A"
+        return name
+
+    def _starttls(self, argument: bytes) -> tuple[int, object]:
+        if argument:
+            return self._error(replies.NO_ARGUMENTS)
+        if self.tls_active:
+            return self._error(replies.TLS_ALREADY_ACTIVE)
+        if not self.listener.tls_available:
+            return self._error(replies.TLS_NOT_AVAILABLE)
+        if self.state is State.CONNECTED:
+            return self._error(replies.NEED_HELO)
+        self.state = State.STARTING_TLS
+        return START_TLS, replies.TLS_READY
+
+    def _auth_available(self) -> bool:
+        return self.listener.auth_offered and (
+            self.tls_active or self.plaintext_auth_allowed
+        )
+
+    def _auth(self, argument: bytes) -> tuple[int, object]:
+        if self.state is State.CONNECTED:
+            return self._error(replies.NEED_HELO)
+        if not self.listener.auth_offered:
+            return self._error(replies.AUTH_NOT_AVAILABLE)
+        if not self._auth_available():
+            return self._error(replies.AUTH_NEEDS_TLS)
+        if self.user:
+            return self._error(replies.AUTH_ALREADY)
+        if self.state is not State.READY:
+            return self._error(replies.AUTH_IN_TRANSACTION)
+        mechanism, _space, initial = argument.partition(b" ")
+        mechanism = mechanism.upper()
+        initial = initial.strip()
+        if mechanism not in (b"PLAIN", b"LOGIN"):
+            return self._error(replies.AUTH_UNKNOWN_MECHANISM)
+        self._auth_mechanism = mechanism
+        self._auth_login = ""
+        self.state = State.AUTH
+        if not initial:
+            prompt = (
+                replies.AUTH_PROMPT_EMPTY
+                if mechanism == b"PLAIN"
+                else replies.AUTH_PROMPT_USERNAME
+            )
+            return EXPECT_LINE, prompt
+        return self._auth_step(initial)
+
+    def _auth_response(self, event: tuple) -> tuple[int, object]:
+        """One line of an AUTH exchange: a base64 response, or "*" to cancel."""
+        if event[0] != COMMAND:
+            self.state = State.READY
+            return self._error(replies.AUTH_BAD_RESPONSE)
+        line = event[2] if not event[1] else event[1] + b" " + event[2]
+        if line == b"*":  # RFC 4954 §4
+            self.state = State.READY
+            return self._error(replies.AUTH_CANCELLED)
+        return self._auth_step(line)
+
+    def _auth_step(self, response: bytes) -> tuple[int, object]:
+        try:
+            # "=" is an empty initial response (RFC 4954 §4).
+            decoded = b"" if response == b"=" else base64.b64decode(response, validate=True)
+            text = decoded.decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            self.state = State.READY
+            return self._error(replies.AUTH_BAD_RESPONSE)
+        if self._auth_mechanism == b"PLAIN":  # RFC 4616: authzid NUL authcid NUL passwd
+            parts = text.split("\0")
+            if len(parts) != 3 or not parts[1] or parts[0] not in ("", parts[1]):
+                self.state = State.READY
+                return self._error(replies.AUTH_BAD_RESPONSE)
+            return self._check(parts[1], parts[2])
+        if not self._auth_login:  # LOGIN: the user name first, then the password
+            if not text:
+                self.state = State.READY
+                return self._error(replies.AUTH_BAD_RESPONSE)
+            self._auth_login = text
+            return EXPECT_LINE, replies.AUTH_PROMPT_PASSWORD
+        return self._check(self._auth_login, text)
+
+    def _check(self, login: str, password: str) -> tuple[int, object]:
+        self._auth_login = ""
+        self.state = State.AUTHENTICATING
+        return AUTHENTICATE, (login, password)
 
     def _rset(self, argument: bytes) -> tuple[int, object]:
         if argument:

@@ -7,6 +7,7 @@ everything else with state are created here, after the fork, never inherited.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import os
@@ -19,7 +20,9 @@ import dns.resolver
 import uvloop
 
 from . import config as configuration
+from . import privileges
 from .config import Config
+from .connlimits import ConnectionLimiter, ConnectionTable
 from .delivery import Delivery
 from .directory import Directory
 from .groupcommit import GroupCommitter
@@ -27,31 +30,55 @@ from .maildir import MaildirStore
 from .mailqueue import MailQueue
 from .mx import MXResolver
 from .mxcache import MXCache
-from .policy import RelayPolicy
+from .policy import LoginFailures, RelayPolicy
 from .protocol import SMTPConnection, WorkerContext
 from .relay import Relayer, split_smarthost
 from .relayclient import RelayClient, RelaySettings
-from .session import SessionSettings
+from .session import ListenerPolicy, SessionSettings
+from .users import UserDatabase, UsersFileError
 
 log = logging.getLogger("mailfast.worker")
 
 HEARTBEAT_INTERVAL_S = 1.0
 
 
-def run(config: Config, sockets: list[socket.socket], heartbeat_fd: int) -> int:
-    """The worker's whole life; returns its exit status."""
+def run(
+    config: Config,
+    sockets: list[tuple[str, socket.socket]],
+    heartbeat_fd: int,
+    connection_table: ConnectionTable,
+    slot: int,
+) -> int:
+    """The worker's whole life; returns its exit status.
+
+    ``sockets`` pairs each listening socket with its kind: "smtp",
+    "submission" or "submissions". ``slot`` is this worker's row in the
+    connection table the master shares with all workers.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the master decides on Ctrl-C
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_serve(config, sockets, heartbeat_fd))
+        limiter = ConnectionLimiter(
+            connection_table,
+            slot,
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+            config.limits.max_connection_rate_per_ip,
+        )
+        return loop.run_until_complete(_serve(config, sockets, heartbeat_fd, limiter))
     finally:
         loop.close()
 
 
-async def _serve(config: Config, sockets: list[socket.socket], heartbeat_fd: int) -> int:
+async def _serve(
+    config: Config,
+    sockets: list[tuple[str, socket.socket]],
+    heartbeat_fd: int,
+    limiter: ConnectionLimiter,
+) -> int:
     loop = asyncio.get_running_loop()
     # One thread for the group committer, whose batches run one at a time,
     # and a few for queue bookkeeping, so a slow state sync never holds up
@@ -60,21 +87,33 @@ async def _serve(config: Config, sockets: list[socket.socket], heartbeat_fd: int
     queue_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="queue")
     committer = GroupCommitter(commit_executor, config.maildir.sync)
     queue = MailQueue(config.queue.directory)
+    context = _context(config, committer, queue)  # reads the TLS key and users
+    context.limiter = limiter
+    privileges.drop(config)
     queue.prepare_worker()
-    context = _context(config, committer, queue)
     relayer = _relayer(config, queue, context.delivery, queue_executor)
     context.delivery.on_queued = relayer.submit
     runner = loop.create_task(relayer.run())
-    servers = [
-        await loop.create_server(lambda: SMTPConnection(context), sock=sock, backlog=1024)
-        for sock in sockets
-    ]
+    servers = []
+    for kind, sock in sockets:
+        listener = _listener_policy(config, kind)
+        servers.append(
+            await loop.create_server(
+                functools.partial(SMTPConnection, context, listener),
+                sock=sock,
+                backlog=1024,
+                ssl=context.tls_context if listener.implicit_tls else None,
+                ssl_handshake_timeout=(
+                    config.tls.handshake_timeout_s if listener.implicit_tls else None
+                ),
+            )
+        )
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     # The master forked us with these blocked; a SIGTERM sent meanwhile is
     # delivered now, to the handler above.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
-    _beat(loop, heartbeat_fd, stop)
+    _beat(loop, heartbeat_fd, stop, limiter)
     log.info("worker %d started", os.getpid())
 
     await stop.wait()
@@ -88,6 +127,7 @@ async def _serve(config: Config, sockets: list[socket.socket], heartbeat_fd: int
     await committer.drain()
     commit_executor.shutdown(wait=True)
     queue_executor.shutdown(wait=True)
+    context.auth_executor.shutdown(wait=False, cancel_futures=True)
     log.info(
         "worker %d stopped: %d messages in %d commit batches",
         os.getpid(),
@@ -124,7 +164,56 @@ def _context(
         spool_dir=spool_dir,
         memory_buffer_octets=limits.memory_buffer_octets,
         connections=set(),
+        tls_context=_server_tls_context(config),
+        tls_handshake_timeout_s=config.tls.handshake_timeout_s,
+        users=_load_users(config),
+        auth_executor=ThreadPoolExecutor(max_workers=2, thread_name_prefix="auth"),
+        login_failures=LoginFailures(
+            config.auth.max_failures, config.auth.failure_window_s
+        ),
+        plaintext_auth_on_loopback=config.auth.allow_plaintext_on_loopback,
+        sender_must_match=config.auth.sender_must_match,
     )
+
+
+def _load_users(config: Config) -> UserDatabase | None:
+    """The users file, read once per worker (SIGHUP starts new workers)."""
+    try:
+        users = UserDatabase.load(config.auth.users_file)
+    except (OSError, UsersFileError) as exc:
+        log.error("cannot read %s: %s; AUTH will fail", config.auth.users_file, exc)
+        return None
+    if not users.exists and _offers_auth(config):
+        log.warning("no users file at %s: every AUTH will fail", config.auth.users_file)
+    return users
+
+
+def _offers_auth(config: Config) -> bool:
+    return bool(config.server.submission or config.server.submissions) or (
+        config.auth.offer_on_smtp
+    )
+
+
+def _listener_policy(config: Config, kind: str) -> ListenerPolicy:
+    tls = bool(config.tls.certificate)
+    if kind == "smtp":
+        return ListenerPolicy(tls_available=tls, auth_offered=config.auth.offer_on_smtp)
+    # Submission (RFC 6409) and submissions (RFC 8314): users must log in.
+    return ListenerPolicy(
+        tls_available=tls,
+        auth_offered=True,
+        auth_required=True,
+        implicit_tls=kind == "submissions",
+    )
+
+
+def _server_tls_context(config: Config) -> ssl.SSLContext | None:
+    if not config.tls.certificate:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.tls.certificate, config.tls.key)
+    return context
 
 
 def _relayer(
@@ -210,8 +299,14 @@ async def _drain(context: WorkerContext, grace_s: float) -> None:
         await asyncio.sleep(0.01)
 
 
-def _beat(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) -> None:
+def _beat(
+    loop: asyncio.AbstractEventLoop,
+    fd: int,
+    stop: asyncio.Event,
+    limiter: ConnectionLimiter,
+) -> None:
     """Tell the master this loop still turns; sent from inside the loop itself."""
+    limiter.tick()  # expire this worker's old rate counts while it is idle
     try:
         os.write(fd, b".")
     except BlockingIOError:
@@ -221,4 +316,4 @@ def _beat(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) -> None
         log.error("worker %d lost its master, stopping", os.getpid())
         stop.set()
         return
-    loop.call_later(HEARTBEAT_INTERVAL_S, _beat, loop, fd, stop)
+    loop.call_later(HEARTBEAT_INTERVAL_S, _beat, loop, fd, stop, limiter)

@@ -34,6 +34,13 @@ CHOSEN_VALUES = {
     "relay.tls": "none",
     "relay.tls_policy": {"example.net": "encrypt", "example.org": "none"},
     "queue.directory": "/srv/mailfast/queue",
+    "server.submission": ("127.0.0.1:587",),
+    "server.submissions": ("127.0.0.1:465",),
+    "server.user": "nobody",
+    "auth.users_file": "/srv/mailfast/users",
+    "auth.allow_plaintext_on_loopback": True,
+    "auth.offer_on_smtp": True,
+    "auth.sender_must_match": False,
 }
 
 DOMAINS = {
@@ -49,11 +56,33 @@ DOMAINS = {
 def non_default_value(key: str, hint: object, default: object) -> object:
     if key in CHOSEN_VALUES:
         return CHOSEN_VALUES[key]
+    if key.startswith("tls.") and key in TLS_FILES:
+        return TLS_FILES[key]
     if hint is int:
         return default + 1
     if hint is float:
         return default + 1.5
     raise AssertionError(f"{key}: give it a value in CHOSEN_VALUES")
+
+
+def _write_test_certificate() -> dict[str, str]:
+    """A certificate and key that load, made once for the whole module."""
+    import tempfile
+
+    import trustme
+
+    directory = tempfile.mkdtemp(prefix="mailfast-config-test-")
+    certificate = trustme.CA().issue_cert("mx.example")
+    paths = {
+        "tls.certificate": os.path.join(directory, "cert.pem"),
+        "tls.key": os.path.join(directory, "key.pem"),
+    }
+    certificate.cert_chain_pems[0].write_to_path(paths["tls.certificate"])
+    certificate.private_key_pem.write_to_path(paths["tls.key"])
+    return paths
+
+
+TLS_FILES = _write_test_certificate()
 
 
 def every_key_changed() -> Config:

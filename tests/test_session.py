@@ -154,7 +154,8 @@ class Conversation:
     def _reply(self, reply: bytes) -> None:
         assert reply.endswith(b"\r\n"), reply
         settings = self.settings
-        exempt = (settings.greeting, settings.ehlo_reply, settings.helo_reply)
+        ehlo = settings.ehlo(starttls=False, auth=False)
+        exempt = (settings.greeting, ehlo, settings.helo_reply)
         if reply not in exempt and not reply.startswith(b"3"):
             for line in reply.removesuffix(b"\r\n").split(b"\r\n"):
                 match = ENHANCED_REPLY_LINE.match(line)
