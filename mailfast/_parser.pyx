@@ -385,7 +385,9 @@ cdef class Parser:
             return (
                 _COMMAND,
                 b"",
-                PyBytes_FromStringAndSize(<const char *>p + start, end - start),
+                PyBytes_FromStringAndSize(
+                    <const char *>p + start, end - start
+                ),
             )
         verb_end = start
         while verb_end < end and p[verb_end] != _SP:

@@ -36,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
         "user", help="add or delete submission users, set a password, list users"
     )
     user.add_argument("action", choices=["add", "del", "passwd", "list"])
-    user.add_argument("name", nargs="?", metavar="NAME", help="the login (not for list)")
+    user.add_argument(
+        "name", nargs="?", metavar="NAME", help="the login (not for list)"
+    )
     user.add_argument(
         "--address",
         dest="addresses",
@@ -57,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
             "--workers", type=int, metavar="N", help="worker processes (default: CPUs)"
         )
         sub.add_argument(
-            "--log-level", choices=list(logconfig.LEVELS), help="override server.log_level"
+            "--log-level",
+            choices=list(logconfig.LEVELS),
+            help="override server.log_level",
         )
     return parser
 

@@ -35,7 +35,9 @@ class ServerConfig:
     hostname: str = ""  # banner and Received headers; "" means the machine's FQDN
     listen: tuple[str, ...] = ("127.0.0.1:2525",)  # SMTP: MX and relay clients
     submission: tuple[str, ...] = ()  # RFC 6409 (port 587): STARTTLS, AUTH required
-    submissions: tuple[str, ...] = ()  # RFC 8314 (port 465): implicit TLS, AUTH required
+    submissions: tuple[
+        str, ...
+    ] = ()  # RFC 8314 (port 465): implicit TLS, AUTH required
     user: str = ""  # started as root: run workers as this user after binding
     workers: int = 0  # 0 means one per CPU
     shutdown_grace_s: float = 30.0  # SIGTERM: time sessions get to finish
@@ -306,8 +308,10 @@ def _validate(config: Config) -> None:
                 continue
             if isinstance(value, (int, float)) and value < 0:
                 raise ConfigError(f"{section}.{f.name}: must not be negative")
-            if isinstance(value, (int, float)) and value == 0 and not (
-                f.name in _ZERO_MEANS_UNLIMITED
+            if (
+                isinstance(value, (int, float))
+                and value == 0
+                and not (f.name in _ZERO_MEANS_UNLIMITED)
             ):
                 raise ConfigError(f"{section}.{f.name}: must be greater than 0")
     _validate_relay(config.relay)
@@ -342,7 +346,9 @@ def _validate_tls(config: Config) -> None:
         try:
             pwd.getpwnam(config.server.user)
         except KeyError:
-            raise ConfigError(f"server.user: no such user {config.server.user!r}") from None
+            raise ConfigError(
+                f"server.user: no such user {config.server.user!r}"
+            ) from None
 
 
 def _validate_relay(relay: RelayConfig) -> None:

@@ -208,7 +208,9 @@ class GroupCommitter:
             except FileNotFoundError:
                 pass
             except OSError:
-                log.error("cannot remove %s after a failed write", pending.temporary_path)
+                log.error(
+                    "cannot remove %s after a failed write", pending.temporary_path
+                )
 
     @staticmethod
     def _syncfs_all(directories: dict[int, str]) -> None:

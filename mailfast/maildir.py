@@ -80,4 +80,3 @@ class MaildirStore:
             message.write_to(fd, prefix)
 
         return write
-

@@ -145,7 +145,9 @@ class Master:
         self.stop_deadline = time.monotonic() + (
             self.config.server.shutdown_grace_s + DRAIN_MARGIN_S
         )
-        log.info("master %d stopping: draining %d workers", os.getpid(), len(self.workers))
+        log.info(
+            "master %d stopping: draining %d workers", os.getpid(), len(self.workers)
+        )
         # Our copies of the listening sockets would keep the kernel accepting
         # connections that nobody will greet; once the workers close theirs
         # too, new clients are refused and go to another MX.
@@ -169,7 +171,9 @@ class Master:
         old = [worker for worker in self.workers.values() if not worker.retiring]
         self.config = new_config
         self.generation += 1
-        log.info("reloading: generation %d replaces %d workers", self.generation, len(old))
+        log.info(
+            "reloading: generation %d replaces %d workers", self.generation, len(old)
+        )
         self._spawn_missing()
         for worker in old:
             self._retire(worker)
@@ -205,7 +209,9 @@ class Master:
         if missing <= 0:
             return
         now = time.monotonic()
-        self.recent_crashes = [t for t in self.recent_crashes if now - t < CRASH_WINDOW_S]
+        self.recent_crashes = [
+            t for t in self.recent_crashes if now - t < CRASH_WINDOW_S
+        ]
         if len(self.recent_crashes) >= CRASH_LIMIT:
             return  # crash loop: the next heartbeat check tries again
         for _ in range(missing):
@@ -224,7 +230,9 @@ class Master:
             raise
         os.set_blocking(heartbeat_read, False)
         os.set_blocking(heartbeat_write, False)
-        sockets = [(kind, self.sockets[address]) for address, kind in self.config.listeners]
+        sockets = [
+            (kind, self.sockets[address]) for address, kind in self.config.listeners
+        ]
         # Signals stay blocked across the fork until the worker's own handlers
         # are in place: a SIGTERM in between would otherwise run the master's
         # handler in the child, which only records it, and be lost.

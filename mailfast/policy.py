@@ -39,7 +39,10 @@ class LoginFailures:
     """
 
     def __init__(
-        self, max_failures: int, window_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        max_failures: int,
+        window_s: float,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.max_failures = max_failures
         self.window_s = window_s

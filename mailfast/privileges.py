@@ -63,9 +63,7 @@ def drop(config: Config) -> None:
 
 def warn_if_root(config: Config) -> None:
     if os.geteuid() == 0 and not config.server.user:
-        log.warning(
-            "running as root with no server.user: workers keep root privileges"
-        )
+        log.warning("running as root with no server.user: workers keep root privileges")
 
 
 def _account(config: Config) -> pwd.struct_passwd | None:

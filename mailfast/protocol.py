@@ -63,7 +63,9 @@ class WorkerContext:
 
 
 class SMTPConnection(asyncio.Protocol):
-    def __init__(self, context: WorkerContext, listener: ListenerPolicy = ListenerPolicy()):
+    def __init__(
+        self, context: WorkerContext, listener: ListenerPolicy = ListenerPolicy()
+    ):
         self.context = context
         self.listener = listener
         self.admitted = False  # counted by the connection limiter
@@ -89,7 +91,9 @@ class SMTPConnection(asyncio.Protocol):
         if context.limiter is not None:
             refusal = context.limiter.admit(self.client_ip)
             if refusal is not None:
-                log.warning("connection from [%s] refused: %s limit", self.client_ip, refusal)
+                log.warning(
+                    "connection from [%s] refused: %s limit", self.client_ip, refusal
+                )
                 transport.write(_LIMIT_REPLIES[refusal])
                 transport.close()
                 return
@@ -275,7 +279,9 @@ class SMTPConnection(asyncio.Protocol):
         context = self.context
         failures = context.login_failures
         if failures is not None and failures.blocked(self.client_ip):
-            log.warning("AUTH refused from [%s]: too many failed logins", self.client_ip)
+            log.warning(
+                "AUTH refused from [%s]: too many failed logins", self.client_ip
+            )
             self.session.auth_unavailable()
             self.busy = False
             self.transport.write(replies.AUTH_TOO_MANY_FAILURES)
@@ -288,7 +294,11 @@ class SMTPConnection(asyncio.Protocol):
                 context.auth_executor, context.users.verify, login, password
             )
         except Exception as exc:  # never the password: not in exc, not in logs
-            log.error("AUTH from [%s] could not be checked: %s", self.client_ip, type(exc).__name__)
+            log.error(
+                "AUTH from [%s] could not be checked: %s",
+                self.client_ip,
+                type(exc).__name__,
+            )
             self._resume(self.session.auth_unavailable())
             return
         if user is None:
@@ -306,7 +316,9 @@ class SMTPConnection(asyncio.Protocol):
         self._resume(reply)
 
     def _trace_command(self, event: tuple) -> None:
-        log.log(TRACE, "[%s] > %r %r", self.client_ip, event[1], _loggable_argument(event))
+        log.log(
+            TRACE, "[%s] > %r %r", self.client_ip, event[1], _loggable_argument(event)
+        )
 
     async def _commit(self) -> None:
         session = self.session
@@ -333,7 +345,8 @@ class SMTPConnection(asyncio.Protocol):
         else:
             reply = session.committed(queue_id)
             log.info(
-                "%s: from=<%s> to=%s size=%d client=[%s]%s result=delivered delay=%.3fs",
+                "%s: from=<%s> to=%s size=%d client=[%s]%s result=delivered"
+                " delay=%.3fs",
                 queue_id,
                 envelope.sender,
                 _recipients(envelope),
@@ -376,7 +389,9 @@ class SMTPConnection(asyncio.Protocol):
                 max(self._deadline, self._loop.time() + 1.0), self._check_deadline
             )
             return
-        log.info("timeout from [%s] in state %s", self.client_ip, self.session.state.value)
+        log.info(
+            "timeout from [%s] in state %s", self.client_ip, self.session.state.value
+        )
         self.transport.write(self.session.timed_out())
         self.transport.close()
 

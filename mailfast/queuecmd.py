@@ -44,8 +44,10 @@ def run(queue: MailQueue, action: str, queue_ids: list[str]) -> int:
 
 
 def _find(queue: MailQueue, queue_id: str) -> tuple[str, str] | None:
-    if "/" in queue_id or queue_id.startswith(".") or not os.path.isdir(
-        queue.deferred_dir
+    if (
+        "/" in queue_id
+        or queue_id.startswith(".")
+        or not os.path.isdir(queue.deferred_dir)
     ):
         return None
     for where, path in queue.all_messages():

@@ -110,7 +110,9 @@ AUTH_TOO_MANY_FAILURES = _reply(
     421, "4.7.0", "Too many failed authentication attempts, try again later"
 )
 AUTH_UNAVAILABLE = _reply(454, "4.7.0", "Temporary authentication failure")
-SENDER_NOT_OWNED = _reply(553, "5.7.1", "Sender address not owned by the authenticated user")
+SENDER_NOT_OWNED = _reply(
+    553, "5.7.1", "Sender address not owned by the authenticated user"
+)
 AUTH_PROMPT_EMPTY = b"334 \r\n"
 AUTH_PROMPT_USERNAME = b"334 VXNlcm5hbWU6\r\n"  # "Username:"
 AUTH_PROMPT_PASSWORD = b"334 UGFzc3dvcmQ6\r\n"  # "Password:"

@@ -250,7 +250,9 @@ class UserDatabase:
         # flock conflicts between open file descriptions, so two threads of one
         # process exclude each other as two processes do. The first user added
         # may come before the server ever ran and made the directory.
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True)
+        os.makedirs(
+            os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True
+        )
         fd = os.open(
             self.path + ".lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600
         )

@@ -112,7 +112,9 @@ async def _serve(
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     # The master forked us with these blocked; a SIGTERM sent meanwhile is
     # delivered now, to the handler above.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+    signal.pthread_sigmask(
+        signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    )
     _beat(loop, heartbeat_fd, stop, limiter)
     log.info("worker %d started", os.getpid())
 

@@ -389,15 +389,20 @@ def test_parse_path_argument_differential(argument, keyword):
     assert _parser.parse_path_argument(argument, keyword) == expected
 
 
-
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize(
     ("wire", "expected"),
     [
-        (b"dGVzdA==\r\nnoop\r\n", [(COMMAND, b"", b"dGVzdA=="), (COMMAND, b"NOOP", b"")]),
+        (
+            b"dGVzdA==\r\nnoop\r\n",
+            [(COMMAND, b"", b"dGVzdA=="), (COMMAND, b"NOOP", b"")],
+        ),
         (b"a b C\n", [(COMMAND, b"", b"a b C")]),
         (b"*\r\n", [(COMMAND, b"", b"*")]),
-        (b"a\x00b\r\nnoop x\r\n", [(BAD_COMMAND, REASON_NUL), (COMMAND, b"NOOP", b"x")]),
+        (
+            b"a\x00b\r\nnoop x\r\n",
+            [(BAD_COMMAND, REASON_NUL), (COMMAND, b"NOOP", b"x")],
+        ),
     ],
     ids=["base64-then-command", "bare-lf-spaces-case", "cancel", "bad-line-clears"],
 )
