@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -384,7 +385,7 @@ class Session:
     def _rcpt_parameters(
         self, recipient: Recipient, parameters: list[tuple[bytes, bytes | None]]
     ) -> bytes | None:
-        """Apply the DSN parameters of RCPT (RFC 3461 §4.1-4.2); the refusal, or None."""
+        """Apply RCPT's DSN parameters (RFC 3461 §4.1-4.2); the refusal, or None."""
         for key, value in parameters:
             if key == b"NOTIFY" and value and not recipient.notify:
                 notify = tuple(value.upper().decode("ascii", "replace").split(","))
@@ -395,7 +396,8 @@ class Session:
                 recipient.notify = notify
             elif key == b"ORCPT" and value and not recipient.orcpt:
                 address_type, semicolon, address = value.partition(b";")
-                if not semicolon or not address_type or not _is_xtext(address):
+                well_formed = semicolon and _is_atom(address_type)
+                if not well_formed or not _is_xtext(address):
                     return replies.BAD_PARAMETER
                 recipient.orcpt = value.decode("ascii")
             else:
@@ -561,7 +563,9 @@ class Session:
     def _auth_step(self, response: bytes) -> tuple[int, object]:
         try:
             # "=" is an empty initial response (RFC 4954 §4).
-            decoded = b"" if response == b"=" else base64.b64decode(response, validate=True)
+            decoded = (
+                b"" if response == b"=" else base64.b64decode(response, validate=True)
+            )
             text = decoded.decode("utf-8")
         except (ValueError, UnicodeDecodeError):
             self.state = State.READY
@@ -677,6 +681,14 @@ class Session:
             self.state = State.CLOSED
             return CLOSE, replies.TOO_MANY_ERRORS
         return REPLY, reply
+
+
+_ATOM = re.compile(rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+\Z")
+
+
+def _is_atom(value: bytes) -> bool:
+    """RFC 5322 atext only: the address type of ORCPT (RFC 3461 §4.2)."""
+    return _ATOM.match(value) is not None
 
 
 def _is_xtext(value: bytes) -> bool:

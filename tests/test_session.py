@@ -284,6 +284,19 @@ AFTER_EHLO = {
         [MAIL, "RCPT TO:<alice@localhost> FOO=bar"],
         ["250 2.1.0", "555 5.5.4"],
     ),
+    "DSN parameters of RCPT": (
+        [MAIL, "RCPT TO:<alice@localhost> NOTIFY=FAILURE ORCPT=rfc822;alice@localhost"],
+        ["250 2.1.0", "250 2.1.5"],
+    ),
+    # Found by the fuzzer: a non-ASCII address type once escaped as an exception.
+    "ORCPT with a non-ASCII address type": (
+        [MAIL, "RCPT TO:<alice@localhost> ORCPT=rfcé822;alice@localhost"],
+        ["250 2.1.0", "501 5.5.4"],
+    ),
+    "ORCPT without an address type": (
+        [MAIL, "RCPT TO:<alice@localhost> ORCPT=;alice@localhost"],
+        ["250 2.1.0", "501 5.5.4"],
+    ),
     # MAIL and its parameters.
     "bad sender syntax": (["MAIL FROM:<sender@@example.org>"], ["553 5.1.7"]),
     "SIZE at the limit": ([MAIL + " SIZE=4096"], ["250 2.1.0"]),
