@@ -81,6 +81,46 @@ def test_swaks_starttls_on_the_smtp_listener(start_secure) -> None:
     assert received_with(path) == "ESMTPS"
 
 
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_swaks_tls_and_auth_on_submission(start_secure, mechanism: str) -> None:
+    secure = start_secure()
+    result = subprocess.run(
+        [
+            require_tool("swaks"),
+            "--server",
+            f"{secure.host}:{secure.submission_port}",
+            "--from",
+            ALICE,
+            "--to",
+            BOB,
+            "--tls",
+            "--tls-verify",
+            "--tls-ca-path",
+            str(secure.pki.ca_path),
+            "--tls-sni",
+            "localhost",
+            "--auth",
+            mechanism,
+            "--auth-user",
+            ALICE,
+            "--auth-password",
+            ALICE_PASSWORD,
+            "--timeout",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT_S,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "235 2.7.0" in result.stdout, result.stdout
+    [path] = secure.server.delivered("bob")
+    assert received_with(path) == "ESMTPSA"
+    log = secure.server.log()
+    assert ALICE_PASSWORD not in log
+
+
 def test_smtplib_starttls_then_login_on_submission(start_secure) -> None:
     secure = start_secure()
     message = small_message("submitted over starttls", to=BOB)
