@@ -56,6 +56,9 @@ class LimitsConfig:
     max_connections: int = 10_000  # concurrent, whole server; more get 421
     max_connections_per_ip: int = 50  # concurrent per client address
     max_connection_rate_per_ip: int = 600  # new connections per address per minute
+    # Clients the two per-address limits above do not apply to, as Postfix
+    # exempts $mynetworks: a local submitter or a load test from loopback.
+    per_ip_exempt_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     command_timeout_s: float = 300.0  # for each whole command (RFC 5321 §4.5.3.2.7)
     data_timeout_s: float = 300.0  # for each line of content inside DATA or BDAT
     memory_buffer_octets: int = 262_144  # larger bodies spill to the spool dir
@@ -315,6 +318,9 @@ def _validate(config: Config) -> None:
             ):
                 raise ConfigError(f"{section}.{f.name}: must be greater than 0")
     _validate_relay(config.relay)
+    _validate_networks(
+        config.limits.per_ip_exempt_networks, "limits.per_ip_exempt_networks"
+    )
     if config.limits.max_command_octets < 512:
         raise ConfigError("limits.max_command_octets: RFC 5321 requires at least 512")
     if config.limits.max_data_line_octets < 1000:
@@ -351,14 +357,16 @@ def _validate_tls(config: Config) -> None:
             ) from None
 
 
-def _validate_relay(relay: RelayConfig) -> None:
-    for network in relay.trusted_networks:
+def _validate_networks(networks: tuple[str, ...], key: str) -> None:
+    for network in networks:
         try:
             ipaddress.ip_network(network, strict=False)
         except ValueError:
-            raise ConfigError(
-                f"relay.trusted_networks: {network!r} is not a network"
-            ) from None
+            raise ConfigError(f"{key}: {network!r} is not a network") from None
+
+
+def _validate_relay(relay: RelayConfig) -> None:
+    _validate_networks(relay.trusted_networks, "relay.trusted_networks")
     for server in relay.nameservers:
         parse_nameserver(server)
     if relay.tls not in ("may", "none"):

@@ -227,10 +227,12 @@ class ConnectionLimiter:
         if window != self._window:
             self._roll(window)
 
-    def admit(self, client_ip: str) -> str | None:
+    def admit(self, client_ip: str, per_ip_limits: bool = True) -> str | None:
         """Count a new connection, or say why not: None, TOTAL, PER_IP or RATE.
 
         A connection that is refused is not counted: do not ``release`` it.
+        Without ``per_ip_limits`` (an exempt client) only the total applies;
+        the connection is counted all the same.
         """
         at = self._bucket_at.get(client_ip)
         if at is None:
@@ -243,7 +245,7 @@ class ConnectionLimiter:
             totals = self._totals_at
             if sum(cells[totals : totals + high_water]) >= limit:
                 return TOTAL
-        limit = self.max_per_ip
+        limit = self.max_per_ip if per_ip_limits else 0
         if limit and sum(cells[at : at + high_water]) >= limit:
             return PER_IP
 
@@ -251,7 +253,7 @@ class ConnectionLimiter:
         window = int(now // RATE_WINDOW_S) + _FIRST_WINDOW
         if window != self._window:
             self._roll(window)
-        limit = self.max_rate_per_ip_per_minute
+        limit = self.max_rate_per_ip_per_minute if per_ip_limits else 0
         if limit and self._estimate(at, window, now, high_water) + 1 > limit:
             return RATE
 

@@ -12,15 +12,15 @@ import time
 from collections.abc import Callable
 
 
-class RelayPolicy:
-    def __init__(self, trusted_networks: tuple[str, ...]):
+class Networks:
+    """A list of networks, and whether a client address is in one of them."""
+
+    def __init__(self, networks: tuple[str, ...]):
         self._networks = [
-            ipaddress.ip_network(network, strict=False) for network in trusted_networks
+            ipaddress.ip_network(network, strict=False) for network in networks
         ]
 
-    def permits(self, client_ip: str, authenticated: bool = False) -> bool:
-        if authenticated:
-            return True
+    def __contains__(self, client_ip: str) -> bool:
         try:
             address = ipaddress.ip_address(client_ip)
         except ValueError:
@@ -28,6 +28,14 @@ class RelayPolicy:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped  # ::ffff:192.0.2.1 is 192.0.2.1
         return any(address in network for network in self._networks)
+
+
+class RelayPolicy:
+    def __init__(self, trusted_networks: tuple[str, ...]):
+        self._trusted = Networks(trusted_networks)
+
+    def permits(self, client_ip: str, authenticated: bool = False) -> bool:
+        return authenticated or client_ip in self._trusted
 
 
 class LoginFailures:

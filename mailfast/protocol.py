@@ -24,7 +24,7 @@ from . import replies, session as steps
 from ._parser import Parser
 from .delivery import Delivery
 from .directory import Directory
-from .policy import LoginFailures, RelayPolicy
+from .policy import LoginFailures, Networks, RelayPolicy
 from .events import COMMAND, CONTENT, END_OF_CHUNK, END_OF_DATA
 from .ids import new_queue_id
 from .logconfig import TRACE
@@ -59,6 +59,7 @@ class WorkerContext:
     plaintext_auth_on_loopback: bool = False
     sender_must_match: bool = True
     limiter: object | None = None  # ConnectionLimiter: admit(), release()
+    per_ip_exempt: Networks = Networks(())
     extra: dict = field(default_factory=dict)
 
 
@@ -89,7 +90,9 @@ class SMTPConnection(asyncio.Protocol):
         self.client_ip = peer[0] if peer else "unknown"
         context = self.context
         if context.limiter is not None:
-            refusal = context.limiter.admit(self.client_ip)
+            refusal = context.limiter.admit(
+                self.client_ip, self.client_ip not in context.per_ip_exempt
+            )
             if refusal is not None:
                 log.warning(
                     "connection from [%s] refused: %s limit", self.client_ip, refusal

@@ -30,7 +30,7 @@ from .maildir import MaildirStore
 from .mailqueue import MailQueue
 from .mx import MXResolver
 from .mxcache import MXCache
-from .policy import LoginFailures, RelayPolicy
+from .policy import LoginFailures, Networks, RelayPolicy
 from .protocol import SMTPConnection, WorkerContext
 from .relay import Relayer, split_smarthost
 from .relayclient import RelayClient, RelaySettings
@@ -158,6 +158,7 @@ def _context(
         settings=SessionSettings.build(hostname, limits),
         directory=directory,
         relay_policy=RelayPolicy(config.relay.trusted_networks),
+        per_ip_exempt=Networks(limits.per_ip_exempt_networks),
         delivery=delivery,
         max_command_octets=limits.max_command_octets,
         max_data_line_octets=limits.max_data_line_octets,

@@ -28,6 +28,7 @@ CHOSEN_VALUES = {
     "maildir.root": "/srv/mailfast/mail",
     "maildir.sync": "fsync",
     "relay.trusted_networks": ("192.0.2.0/24", "2001:db8::/32"),
+    "limits.per_ip_exempt_networks": ("192.0.2.0/24",),
     "relay.smarthost": "[smtp.example.net]:587",
     "relay.nameservers": ("192.0.2.53", "[2001:db8::53]:5353"),
     "relay.mx_cache_path": "/srv/mailfast/mx.sqlite",

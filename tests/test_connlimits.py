@@ -103,6 +103,18 @@ def test_release_never_goes_below_zero():
     assert worker.admit("192.0.2.1") == PER_IP
 
 
+def test_an_exempt_client_meets_only_the_total_and_is_counted():
+    table = ConnectionTable(buckets=SMALL_BUCKETS)
+    worker = limiter(table, max_connections=30, max_per_ip=2, max_rate=3)
+    exempt = [worker.admit("192.0.2.1", per_ip_limits=False) for _ in range(30)]
+    assert exempt == [None] * 30
+    assert worker.admit("192.0.2.1", per_ip_limits=False) == TOTAL
+    assert table.connections("192.0.2.1") == 30
+    # The same address without the exemption is over both of its limits.
+    worker.release("192.0.2.1")
+    assert worker.admit("192.0.2.1") == PER_IP
+
+
 def test_zero_means_unlimited_but_still_counted():
     table = ConnectionTable(buckets=SMALL_BUCKETS)
     clock = FakeClock()

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.e2e
 
 OTHER_CLIENT = "127.0.0.2"
 PER_IP = 10
+RATE = 20  # connections per address per minute
 TIMEOUT_S = 2.0
 TIMEOUT_SLACK_S = 1.5
 TRICKLE_INTERVAL_S = 0.5
@@ -40,9 +41,36 @@ def first_reply(source: str, server: MailfastServer) -> SecureWire:
 # --- connections --------------------------------------------------------------
 
 
+def test_connection_rate_per_address_is_limited(start_mailfast) -> None:
+    server = start_mailfast(
+        limits={
+            "max_connection_rate_per_ip": RATE,
+            "per_ip_exempt_networks": [OTHER_CLIENT + "/32"],
+        }
+    )
+    # The harness's own readiness probes count too: stop at the first refusal.
+    replies = []
+    for _ in range(RATE + 1):
+        with first_reply("127.0.0.1", server) as wire:
+            replies.append(wire.reply())
+        if replies[-1].code != 220:
+            break
+    assert (replies[-1].code, replies[-1].enhanced) == (421, "4.7.0"), replies[-1]
+    assert len(replies) > RATE // 2
+    assert "refused: rate limit" in server.log()
+    # An exempt address is not held to the rate.
+    for _ in range(2 * RATE):
+        with first_reply(OTHER_CLIENT, server) as wire:
+            assert wire.reply().code == 220
+
+
 def test_connections_per_address_are_limited(start_mailfast) -> None:
     server = start_mailfast(
-        limits={"max_connections_per_ip": PER_IP, "max_connection_rate_per_ip": 0}
+        limits={
+            "max_connections_per_ip": PER_IP,
+            "max_connection_rate_per_ip": 0,
+            "per_ip_exempt_networks": [],  # loopback stands in for strangers
+        }
     )
     with contextlib.ExitStack() as stack:
         held = []
