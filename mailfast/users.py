@@ -51,6 +51,7 @@ import collections
 import contextlib
 import dataclasses
 import fcntl
+import logging
 import os
 import secrets
 import stat
@@ -64,6 +65,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from argon2.low_level import ARGON2_VERSION
 
 from .addresses import AddressError, parse_mailbox
+
+log = logging.getLogger("mailfast.users")
 
 # Argon2id, 19 MiB, 2 passes, 1 lane: the OWASP password storage setting.
 # argon2-cffi's default (RFC 9106 "low memory": 64 MiB, 3 passes, 4 lanes)
@@ -122,17 +125,54 @@ class _Snapshot:
 
 
 class UserDatabase:
-    """The users of one password file, as read at load or at the last write."""
+    """The users of one password file, as read at load, last write or last change.
+
+    A server reads the file again when ``verify`` finds that it has changed,
+    so that ``mailfast user add`` takes effect without a reload.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
+        self._identity: tuple[int, int, int] | None = None
         try:
             with open(self.path, "rb") as f:
+                self._identity = _identity(os.fstat(f.fileno()))
                 data = f.read()
         except FileNotFoundError:
             data = None
         self.exists = data is not None  # False: no users; the server should warn
         self._snapshot = _build(_parse(self.path, data or b""), None)
+
+    def refresh(self) -> None:
+        """Read the file again if it was replaced or changed since it was read.
+
+        Writers replace it by rename, so a new inode or size or time tells.
+        Costs one stat; a file that cannot be read keeps the users we have.
+        """
+        try:
+            identity = _identity(os.stat(self.path))
+        except FileNotFoundError:
+            identity = None
+        if identity == self._identity:
+            return
+        try:
+            with open(self.path, "rb") as f:
+                identity = _identity(os.fstat(f.fileno()))
+                snapshot = _build(_parse(self.path, f.read()), self._snapshot)
+        except FileNotFoundError:
+            identity, snapshot = None, _build([], self._snapshot)
+        except (OSError, UsersFileError) as exc:
+            log.error(
+                "cannot read %s again: %s; keeping the users read before",
+                self.path,
+                exc,
+            )
+            self._identity = identity  # do not retry on every login
+            return
+        self._snapshot = snapshot
+        self._identity = identity
+        self.exists = identity is not None
+        log.info("%s changed: %d users", self.path, len(snapshot.users))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> UserDatabase:
@@ -145,6 +185,7 @@ class UserDatabase:
         Blocking (tens of milliseconds) and thread-safe: call it from a thread
         pool. Takes as long for an unknown login as for a wrong password.
         """
+        self.refresh()
         snapshot = self._snapshot  # one read: a writer may swap it meanwhile
         user = snapshot.users.get(_fold(login))
         password_hash = snapshot.dummy_hash if user is None else user.password_hash
@@ -243,6 +284,7 @@ class UserDatabase:
             lines = change(current.lines, current.users)
             _write_atomically(self.path, "".join(line.text + "\n" for line in lines))
             self._snapshot = _build(lines, current)
+            self._identity = _identity(os.stat(self.path))
             self.exists = True
 
     @contextlib.contextmanager
@@ -261,6 +303,10 @@ class UserDatabase:
             yield
         finally:
             os.close(fd)  # releases the lock
+
+
+def _identity(status: os.stat_result) -> tuple[int, int, int]:
+    return status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def _parse(path: str, data: bytes) -> list[_Line]:

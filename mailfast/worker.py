@@ -180,7 +180,7 @@ def _context(
 
 
 def _load_users(config: Config) -> UserDatabase | None:
-    """The users file, read once per worker (SIGHUP starts new workers)."""
+    """The users file, read at start and again when a login finds it changed."""
     try:
         users = UserDatabase.load(config.auth.users_file)
     except (OSError, UsersFileError) as exc:

@@ -188,6 +188,18 @@ def test_may_send_as(
     assert database.may_send_as(user, address) is allowed
 
 
+def test_a_server_sees_users_another_process_wrote(path: Path) -> None:
+    server = UserDatabase.load(path)  # no file yet
+    UserDatabase.load(path).add("alice@example.com", PASSWORD)  # `mailfast user`
+    assert server.verify("alice@example.com", PASSWORD) == "alice@example.com"
+    assert server.may_send_as("alice@example.com", "alice@example.com")
+    UserDatabase.load(path).set_password("alice@example.com", OTHER_PASSWORD)
+    assert server.verify("alice@example.com", PASSWORD) is None
+    assert server.verify("alice@example.com", OTHER_PASSWORD) == "alice@example.com"
+    UserDatabase.load(path).delete("alice@example.com")
+    assert server.verify("alice@example.com", OTHER_PASSWORD) is None
+
+
 def test_missing_file_means_no_users(path: Path) -> None:
     database = UserDatabase.load(path)
     assert not database.exists

@@ -8,6 +8,7 @@ who may also send as postmaster@localhost, and bob.
 from __future__ import annotations
 
 import base64
+import subprocess
 
 import pytest
 
@@ -24,6 +25,7 @@ from .securityfixtures import (
     send_message,
     small_message,
 )
+from .server import mailfast_command
 
 pytestmark = pytest.mark.e2e
 
@@ -131,6 +133,35 @@ def test_wrong_password_and_unknown_user_get_the_same_535(start_secure) -> None:
         assert wire.command(b64(UNKNOWN_LOGIN)).code == 334
         assert wire.command(b64("whatever")) == wrong
         assert_reply(wire.command(f"MAIL FROM:<{ALICE}>"), 530, "5.7.0")
+
+
+def test_user_added_while_serving_logs_in_without_a_reload(start_secure) -> None:
+    secure = start_secure()
+    carol, password = "carol@localhost", "carol's new password"
+    with submission_over_tls(secure) as wire:
+        assert_reply(wire.command(f"AUTH PLAIN {plain(carol, password)}"), 535)
+
+    added = subprocess.run(
+        [*mailfast_command(), "user", "add", carol, "--password-stdin"]
+        + ["--config", str(secure.server.config_path)],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert added.returncode == 0, added.stderr
+    with submission_over_tls(secure) as wire:
+        assert_reply(wire.command(f"AUTH PLAIN {plain(carol, password)}"), 235)
+
+    subprocess.run(
+        [*mailfast_command(), "user", "del", carol]
+        + ["--config", str(secure.server.config_path)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    with submission_over_tls(secure) as wire:
+        assert_reply(wire.command(f"AUTH PLAIN {plain(carol, password)}"), 535)
 
 
 # --- where AUTH is offered ------------------------------------------------------
