@@ -348,14 +348,14 @@ class SMTPConnection(asyncio.Protocol):
         else:
             reply = session.committed(queue_id)
             log.info(
-                "%s: from=<%s> to=%s size=%d client=[%s]%s result=delivered"
-                " delay=%.3fs",
+                "%s: from=<%s> to=%s size=%d client=[%s]%s result=%s delay=%.3fs",
                 queue_id,
                 envelope.sender,
                 _recipients(envelope),
                 message.size,
                 self.client_ip,
                 f" user={envelope.user}" if envelope.user else "",
+                _result(envelope),
                 time.monotonic() - started,
             )
         finally:
@@ -443,6 +443,15 @@ _LIMIT_REPLIES = {
     "per-ip": replies.TOO_MANY_FROM_ADDRESS,
     "rate": replies.CONNECTION_RATE,
 }
+
+
+def _result(envelope) -> str:
+    """What acceptance did: delivered to Maildirs, queued for relay, or both."""
+    remote = any(recipient.is_remote for recipient in envelope.recipients)
+    local = any(recipient.targets for recipient in envelope.recipients)
+    if remote:
+        return "delivered,queued" if local else "queued"
+    return "delivered"
 
 
 def _recipients(envelope) -> str:

@@ -19,7 +19,7 @@ from .mailqueue import MailQueue
 
 def run(queue: MailQueue, action: str, queue_ids: list[str]) -> int:
     if not os.path.isdir(queue.deferred_dir) and action in ("list", "flush"):
-        print("mail queue is empty")
+        print(f"-- 0 messages in the queue ({os.path.abspath(queue.directory)})")
         return 0
     if action == "list":
         return _list(queue)
@@ -85,7 +85,10 @@ def _list(queue: MailQueue) -> int:
             print(f"  to:   <{recipient.address}> ({mark})")
         if state.last_error:
             print(f"  last error: {state.last_error}")
-    print(f"-- {count} message{'s' if count != 1 else ''} in the queue")
+    print(
+        f"-- {count} message{'s' if count != 1 else ''} in the queue"
+        f" ({os.path.abspath(queue.directory)})"
+    )
     return 0
 
 

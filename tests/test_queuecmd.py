@@ -122,7 +122,7 @@ def test_list_shows_each_message_with_its_recipients_and_last_error(
         "  from: <>",
         "  to:   <dave@example.org> (pending)",
     ]
-    assert lines[-1] == "-- 2 messages in the queue"
+    assert lines[-1].startswith("-- 2 messages in the queue (/")
 
 
 def test_show_prints_the_envelope_state_and_content(filled: Queue) -> None:
@@ -210,4 +210,5 @@ def test_list_of_an_empty_queue(tmp_path: Path) -> None:
     result = run_queue(tmp_path, "list")
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["-- 0 messages in the queue"]
+    queue_dir = (tmp_path / "var" / "queue").resolve()
+    assert result.stdout.splitlines() == [f"-- 0 messages in the queue ({queue_dir})"]

@@ -102,3 +102,5 @@ def test_local_and_remote_recipients_of_one_message(start_relay, relay_port) -> 
     assert server.delivered("alice") == []
     [line] = relay_lines(server)
     assert (line["to"], line["status"]) == (RECIPIENT, "sent")
+    # Accepted, one copy delivered and one queued: the acceptance line says so.
+    assert " result=delivered,queued " in server.log()
