@@ -14,6 +14,7 @@ reply has been written, so replies always leave in command order.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 import ssl
@@ -34,6 +35,7 @@ from .spool import MessageBuffer
 log = logging.getLogger("mailfast.smtp")
 
 MAX_UNPROCESSED_OCTETS = 65_536  # pause reading while a commit holds more than this
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(slots=True)
@@ -77,6 +79,7 @@ class SMTPConnection(asyncio.Protocol):
         self.client_ip = ""
         self.busy = False  # a commit, handshake or password check is in flight
         self.paused = False
+        self.input_ended = False  # the client half-closed: close once answered
         self._loop = asyncio.get_running_loop()
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -136,7 +139,18 @@ class SMTPConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool:
-        return False  # close our side too
+        """The client will send nothing more; answer what it sent, then close.
+
+        Batch senders write a whole transaction and QUIT, then shut down
+        their side. Closing at once would drop the 250 of a commit still
+        running, and the client would send the message again.
+        """
+        self.input_ended = True
+        if self.session is None or self.transport.get_extra_info("sslcontext"):
+            return False  # refused; or TLS, where a half-close is not kept
+        if not self.busy:
+            self.transport.close()  # after the replies already written
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.context.connections.discard(self)
@@ -245,6 +259,8 @@ class SMTPConnection(asyncio.Protocol):
         if reply is not None:
             self._write([reply])
         self._process()
+        if self.input_ended and not self.busy:
+            self.transport.close()
 
     # TLS and authentication.
 
@@ -331,9 +347,14 @@ class SMTPConnection(asyncio.Protocol):
         queue_id = new_queue_id()
         started = time.monotonic()
         try:
+            if message.error is not None:
+                raise OSError(message.error.errno, f"spool: {message.error}")
             await self.context.delivery.accept(envelope, message, queue_id)
         except Exception as exc:  # any failure: the client keeps the message
-            reply = session.commit_failed(replies.LOCAL_ERROR)
+            full = isinstance(exc, OSError) and exc.errno in _NO_SPACE
+            reply = session.commit_failed(
+                replies.NO_STORAGE if full else replies.LOCAL_ERROR
+            )
             if not isinstance(exc, OSError):
                 log.exception("%s: unexpected error while committing", queue_id)
             log.error(

@@ -54,6 +54,7 @@ SHUTTING_DOWN = _reply(421, "4.3.2", "Service shutting down, try again later")
 TIMEOUT = _reply(421, "4.4.2", "Timeout exceeded, closing connection")
 TOO_MANY_ERRORS = _reply(421, "4.7.0", "Too many errors, closing connection")
 LOCAL_ERROR = _reply(451, "4.3.0", "Local error in processing, try again later")
+NO_STORAGE = _reply(452, "4.3.1", "Insufficient system storage, try again later")
 MAILBOX_UNAVAILABLE = _reply(450, "4.2.0", "Mailbox unavailable, try again later")
 TOO_MANY_RECIPIENTS = _reply(452, "4.5.3", "Too many recipients")
 

@@ -3,6 +3,10 @@
 Memory per connection is bounded by ``memory_limit``: a larger body moves to an
 unlinked-on-discard file in the spool directory and streams there. The spool
 file needs no fsync: durability is the job of the copies made from it.
+
+A spool that cannot be written (a full disk) must not cut the connection:
+the rest of the content is counted and dropped, and ``error`` tells the
+caller to refuse the message after its end, with a reply.
 """
 
 from __future__ import annotations
@@ -20,16 +24,23 @@ class MessageBuffer:
         self.size = 0
         self._fd = -1
         self._path = ""
+        self.error: OSError | None = None  # the spool failed; content dropped
 
     def write(self, octets: bytes) -> None:
         self.size += len(octets)
+        if self.error is not None:
+            return
         if self._fd < 0 and self.size <= self._memory_limit:
             self._chunks.append(octets)
             return
-        if self._fd < 0:
-            self._spill()
-        # A write to the page cache, not a sync: cheap enough for the loop.
-        os.write(self._fd, octets)
+        try:
+            if self._fd < 0:
+                self._spill()
+            # A write to the page cache, not a sync: cheap enough for the loop.
+            write_all(self._fd, [octets])
+        except OSError as exc:
+            self.error = exc
+            self.discard()
 
     def _spill(self) -> None:
         os.makedirs(self._spool_dir, exist_ok=True)
@@ -39,8 +50,7 @@ class MessageBuffer:
             self._path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
         )
         os.unlink(self._path)  # nothing to clean up after a crash
-        for chunk in self._chunks:
-            os.write(self._fd, chunk)
+        write_all(self._fd, self._chunks)
         self._chunks = []
 
     def write_to(self, fd: int, prefix: bytes) -> None:

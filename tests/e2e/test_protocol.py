@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from .server import MailfastServer
@@ -41,6 +43,39 @@ def test_pipelined_commands_are_answered_in_order(mailfast: MailfastServer) -> N
 
     assert len(mailfast.delivered("alice")) == 1
     assert len(mailfast.delivered("bob")) == 1
+
+
+def test_half_closed_client_gets_every_reply(mailfast: MailfastServer) -> None:
+    # A batch sender writes the whole dialogue, then shuts down its side. The
+    # 250 of the commit still running must reach it, or it sends again.
+    with open_session(mailfast.host, mailfast.port) as wire:
+        wire.send(
+            b"MAIL FROM:<sender@example.org>\r\n"
+            b"RCPT TO:<alice@localhost>\r\n"
+            b"DATA\r\n"
+            b"Subject: half-closed\r\n\r\nbody\r\n.\r\n"
+            b"MAIL FROM:<sender@example.org>\r\n"
+            b"RCPT TO:<bob@localhost>\r\n"
+            b"DATA\r\n"
+            b"Subject: second\r\n\r\nbody\r\n.\r\n"
+            b"QUIT\r\n"
+        )
+        wire.sock.shutdown(socket.SHUT_WR)
+        codes = [reply.code for reply in wire.replies(9)]
+        assert codes == [250, 250, 354, 250, 250, 250, 354, 250, 221]
+        assert wire.closed_by_peer()
+    assert len(mailfast.delivered("alice")) == 1
+    assert len(mailfast.delivered("bob")) == 1
+
+
+def test_half_close_without_quit_is_answered_then_closed(
+    mailfast: MailfastServer,
+) -> None:
+    with open_session(mailfast.host, mailfast.port) as wire:
+        wire.send(b"NOOP\r\nMAIL FROM:<sender@example.org>\r\n")
+        wire.sock.shutdown(socket.SHUT_WR)
+        assert [reply.code for reply in wire.replies(2)] == [250, 250]
+        assert wire.closed_by_peer()
 
 
 # Each pretends to end DATA with a bare CR or LF somewhere around the dot. A
