@@ -22,7 +22,6 @@ from .spool import MessageBuffer
 class MaildirStore:
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
-        self._known: set[str] = set()  # mailboxes whose directories exist
 
     def path(self, target: LocalTarget) -> str:
         return os.path.join(self.root, target.domain, target.mailbox)
@@ -62,18 +61,22 @@ class MaildirStore:
         return job
 
     def ensure_mailboxes(self, mailboxes: list[str]) -> None:
-        """Create missing Maildirs, durably (runs in the executor)."""
+        """Create missing Maildirs, durably (runs in the executor).
+
+        Looked at for every message, not remembered: two stats cost a few
+        microseconds, and an operator may remove a mailbox while we run.
+        """
         for mailbox in mailboxes:
-            if mailbox in self._known:
+            if os.path.isdir(os.path.join(mailbox, "tmp")) and os.path.isdir(
+                os.path.join(mailbox, "new")
+            ):
                 continue
-            if not os.path.isdir(os.path.join(mailbox, "new")):
-                for sub in ("tmp", "new", "cur"):
-                    os.makedirs(os.path.join(mailbox, sub), mode=0o700, exist_ok=True)
-                # New directory entries must survive a crash like the files in
-                # them: sync each level up to the root.
-                for directory in (mailbox, os.path.dirname(mailbox), self.root):
-                    fsync_directory(directory)
-            self._known.add(mailbox)
+            for sub in ("tmp", "new", "cur"):
+                os.makedirs(os.path.join(mailbox, sub), mode=0o700, exist_ok=True)
+            # New directory entries must survive a crash like the files in
+            # them: sync each level up to the root.
+            for directory in (mailbox, os.path.dirname(mailbox), self.root):
+                fsync_directory(directory)
 
     def _writer(self, mailbox: str, message: MessageBuffer, prefix: bytes):
         def write(fd: int) -> None:

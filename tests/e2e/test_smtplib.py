@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import smtplib
 
 import pytest
@@ -109,6 +110,20 @@ def test_two_recipients_get_one_copy_each(mailfast: MailfastServer) -> None:
     assert read_delivery(alice).delivered_to == "alice@localhost"
     assert read_delivery(bob).delivered_to == "bob@localhost"
     assert read_delivery(alice).message == read_delivery(bob).message == MESSAGE
+
+
+def test_a_maildir_removed_while_serving_is_made_again(
+    mailfast: MailfastServer,
+) -> None:
+    # Both workers deliver to bob first, so each has seen his Maildir.
+    for _ in range(4):
+        with connect(mailfast) as client:
+            client.sendmail(SENDER, ["bob@localhost"], MESSAGE)
+    shutil.rmtree(mailfast.maildir("bob"))
+    for _ in range(4):
+        with connect(mailfast) as client:
+            client.sendmail(SENDER, ["bob@localhost"], MESSAGE)
+    assert len(mailfast.delivered("bob")) == 4
 
 
 def test_alias_fans_out_to_its_mailboxes(mailfast: MailfastServer) -> None:
