@@ -162,5 +162,5 @@ def _recipient_fields(failure: FailedRecipient, date: str) -> list[str]:
 
 def _field_safe(text: str) -> str:
     """A decoded xtext made safe for a report field: a "+0D+0A" in ENVID or
-    ORCPT must not start a field of its own."""
-    return "".join("?" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
+    ORCPT must not start a field of its own, nor a non-ASCII octet appear."""
+    return "".join("?" if not 0x20 <= ord(c) <= 0x7E else c for c in text)

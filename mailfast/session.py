@@ -692,13 +692,20 @@ def _is_atom(value: bytes) -> bool:
 
 
 def _is_xtext(value: bytes) -> bool:
-    """RFC 3461 §4: printable ASCII except "+" and "=", with "+XX" hex escapes."""
+    """RFC 3461 §4: printable ASCII except "+" and "=", with "+XX" hex escapes.
+
+    An escape must stand for printable ASCII or a space: what it encodes ends
+    up in the fields of a bounce, where a CR, LF or non-ASCII octet has no
+    place (ENVID must be printable US-ASCII, RFC 3461 §4.4).
+    """
     i = 0
     while i < len(value):
         octet = value[i]
         if octet == 0x2B:  # "+" must start a two-digit upper-case hex escape
             escape = value[i + 1 : i + 3]
             if len(escape) != 2 or not all(c in b"0123456789ABCDEF" for c in escape):
+                return False
+            if not 0x20 <= int(escape, 16) <= 0x7E:
                 return False
             i += 3
             continue

@@ -141,11 +141,21 @@ class ReplyParser:
         if len(self._lines) >= MAX_REPLY_LINES:
             raise ReplyFormatError("too many reply lines")
         self._code = code
-        self._lines.append(line[4:].decode("utf-8", "replace"))
+        self._lines.append(_printable(line[4:].decode("utf-8", "replace")))
         if line[3:4] == b"-":
             return None
         lines, self._lines, self._code = self._lines, [], 0
         return _reply(code, lines)
+
+
+# Control characters a remote server put in its reply, a bare CR above all,
+# become spaces: the text goes into logs, the queue and bounces, which are
+# stored and relayed, and must not carry a line end of its own.
+_CONTROLS = {code: " " for code in [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]}
+
+
+def _printable(text: str) -> str:
+    return text.translate(_CONTROLS)
 
 
 def _reply(code: int, lines: list[str]) -> Reply:

@@ -70,6 +70,15 @@ def test_reply_parser_enhanced_code_must_match_the_reply_class():
     assert reply.code == 250 and reply.text == ""
 
 
+def test_reply_parser_turns_control_characters_into_spaces():
+    # A hostile MX's reply ends up in bounces, which are stored and relayed:
+    # a bare CR there could end a line, or a DATA, for the next reader.
+    (reply,) = ReplyParser().feed(
+        b"550 5.1.1 no such\ruser\r.\rX-Injected: yes\x00\x7f\xc2\x85\r\n"
+    )
+    assert reply.text == "no such user . X-Injected: yes   "
+
+
 @pytest.mark.parametrize(
     "wire",
     [b"hello\r\n", b"25\r\n", b"250x\r\n", b"600 nope\r\n", b"250-a\r\n251 b\r\n"],

@@ -293,6 +293,12 @@ AFTER_EHLO = {
         [MAIL, "RCPT TO:<alice@localhost> ORCPT=rfcé822;alice@localhost"],
         ["250 2.1.0", "501 5.5.4"],
     ),
+    "ORCPT encoding a non-ASCII octet": (
+        [MAIL, "RCPT TO:<alice@localhost> ORCPT=rfc822;a+C2+85@localhost"],
+        ["250 2.1.0", "501 5.5.4"],
+    ),
+    "ENVID encoding a line end": ([MAIL + " ENVID=a+0D+0Ab"], ["501 5.5.4"]),
+    "ENVID encoding a space": ([MAIL + " ENVID=a+20b"], ["250 2.1.0"]),
     "ORCPT without an address type": (
         [MAIL, "RCPT TO:<alice@localhost> ORCPT=;alice@localhost"],
         ["250 2.1.0", "501 5.5.4"],
