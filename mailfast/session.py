@@ -334,11 +334,15 @@ class Session:
                     if exc.non_ascii
                     else replies.BAD_SENDER_ADDRESS
                 )
+        # The null sender belongs to no user: allowing it would let anyone
+        # with a login send mail nobody answers for.
         if (
             self.user
             and self.sender_allowed is not None
-            and envelope.reverse_path is not None
-            and not self.sender_allowed(self.user, str(envelope.reverse_path))
+            and (
+                envelope.reverse_path is None
+                or not self.sender_allowed(self.user, str(envelope.reverse_path))
+            )
         ):
             return self._error(replies.SENDER_NOT_OWNED)
         envelope.protocol = self._protocol_name(envelope.smtputf8)

@@ -229,7 +229,7 @@ def test_sender_must_belong_to_the_user(start_secure) -> None:
     secure = start_secure()
     with submission_over_tls(secure) as wire:
         assert_reply(wire.command(f"AUTH PLAIN {plain(ALICE, ALICE_PASSWORD)}"), 235)
-        for sender in (BOB, "alice@remote.test", "ceo@example.org"):
+        for sender in (BOB, "alice@remote.test", "ceo@example.org", ""):
             assert_reply(wire.command(f"MAIL FROM:<{sender}>"), 553, "5.7.1")
         # Her login, in any case, and the extra sender the users file gives her.
         for sender in (ALICE, ALICE.upper(), "postmaster@localhost"):
