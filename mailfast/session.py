@@ -117,6 +117,10 @@ class ListenerPolicy:
     implicit_tls: bool = False  # the connection is TLS from its first octet
 
 
+# RFC 5321 commands mailfast knows but does not offer: 502, not "unrecognized".
+_NOT_IMPLEMENTED = frozenset({b"EXPN", b"TURN", b"ETRN", b"SEND", b"SOML", b"SAML"})
+
+
 @dataclass(frozen=True, slots=True)
 class SessionSettings:
     """What every session of a worker shares; built once per configuration."""
@@ -231,6 +235,8 @@ class Session:
         if kind == COMMAND:
             handler = self._dispatch.get(event[1])
             if handler is None:
+                if event[1] in _NOT_IMPLEMENTED:
+                    return self._error(replies.NOT_IMPLEMENTED)
                 return self._error(replies.UNRECOGNIZED)
             return handler(event[2])
         if kind == END_OF_DATA:
@@ -321,6 +327,8 @@ class Session:
         envelope = Envelope(
             self.client_ip, self.helo, "ESMTP" if self.esmtp else "SMTP"
         )
+        if _repeats_a_key(parameters):  # RFC 3461 §4, RFC 1870 §6: 501
+            return self._error(replies.BAD_PARAMETER)
         for key, value in parameters:
             refusal = self._mail_parameter(envelope, key, value)
             if refusal is not None:
@@ -390,6 +398,8 @@ class Session:
         self, recipient: Recipient, parameters: list[tuple[bytes, bytes | None]]
     ) -> bytes | None:
         """Apply RCPT's DSN parameters (RFC 3461 §4.1-4.2); the refusal, or None."""
+        if _repeats_a_key(parameters):
+            return replies.BAD_PARAMETER
         for key, value in parameters:
             if key == b"NOTIFY" and value and not recipient.notify:
                 notify = tuple(value.upper().decode("ascii", "replace").split(","))
@@ -576,9 +586,12 @@ class Session:
             return self._error(replies.AUTH_BAD_RESPONSE)
         if self._auth_mechanism == b"PLAIN":  # RFC 4616: authzid NUL authcid NUL passwd
             parts = text.split("\0")
-            if len(parts) != 3 or not parts[1] or parts[0] not in ("", parts[1]):
+            if len(parts) != 3 or not parts[1]:
                 self.state = State.READY
                 return self._error(replies.AUTH_BAD_RESPONSE)
+            if parts[0] not in ("", parts[1]):  # acting for another: never
+                self.state = State.READY
+                return self._error(replies.AUTH_FAILED)
             return self._check(parts[1], parts[2])
         if not self._auth_login:  # LOGIN: the user name first, then the password
             if not text:
@@ -608,7 +621,7 @@ class Session:
 
     def _vrfy(self, argument: bytes) -> tuple[int, object]:
         if not argument:
-            return self._error(replies.NO_ARGUMENTS)
+            return self._error(replies.VRFY_SYNTAX)
         return REPLY, replies.CANNOT_VRFY
 
     def _help(self, argument: bytes) -> tuple[int, object]:
@@ -685,6 +698,10 @@ class Session:
             self.state = State.CLOSED
             return CLOSE, replies.TOO_MANY_ERRORS
         return REPLY, reply
+
+
+def _repeats_a_key(parameters: list[tuple[bytes, bytes | None]]) -> bool:
+    return len({key for key, _value in parameters}) != len(parameters)
 
 
 _ATOM = re.compile(rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+\Z")

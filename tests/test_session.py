@@ -313,6 +313,12 @@ AFTER_EHLO = {
     "BODY=7BIT": ([MAIL + " BODY=7BIT"], ["250 2.1.0"]),
     "BODY=BINARYMIME": ([MAIL + " BODY=BINARYMIME"], ["555 5.5.4"]),
     "unknown MAIL parameter": ([MAIL + " FOO=bar"], ["555 5.5.4"]),
+    "SIZE twice": ([MAIL + " SIZE=10 SIZE=20"], ["501 5.5.4"]),
+    "RET twice": ([MAIL + " RET=FULL RET=HDRS"], ["501 5.5.4"]),
+    "NOTIFY twice": (
+        [MAIL, "RCPT TO:<alice@localhost> NOTIFY=NEVER NOTIFY=FAILURE"],
+        ["250 2.1.0", "501 5.5.4"],
+    ),
     # SMTPUTF8, RFC 6531.
     "non-ASCII sender with SMTPUTF8": (
         ["MAIL FROM:<jörg@bücher.example> SMTPUTF8"],
@@ -341,6 +347,9 @@ AFTER_EHLO = {
     "HELP": (["HELP"], ["214 2.0.0"]),
     "VRFY": (["VRFY alice"], ["252 2.5.2"]),
     "VRFY without argument": (["VRFY"], ["501 5.5.4"]),
+    "EXPN is not offered": (["EXPN staff"], ["502 5.5.1"]),
+    "ETRN is not offered": (["ETRN example.com"], ["502 5.5.1"]),
+    "made-up command": (["FROB"], ["500 5.5.2"]),
     "RSET": (["RSET"], ["250 2.0.0"]),
 }
 

@@ -132,6 +132,10 @@ def test_wrong_password_and_unknown_user_get_the_same_535(start_secure) -> None:
         assert wire.command("AUTH LOGIN").code == 334
         assert wire.command(b64(UNKNOWN_LOGIN)).code == 334
         assert wire.command(b64("whatever")) == wrong
+        # Her password, but asking to act as bob: refused like bad credentials.
+        as_bob = b64("\0".join([BOB, ALICE, ALICE_PASSWORD]))
+        acting = wire.command(f"AUTH PLAIN {as_bob}")
+        assert_reply(acting, 535, "5.7.8")
         assert_reply(wire.command(f"MAIL FROM:<{ALICE}>"), 530, "5.7.0")
 
 
