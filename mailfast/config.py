@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import pwd
+import re
 import socket
 import ssl
 import tomllib
@@ -20,10 +22,29 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 
-# Limits an operator may switch off with 0.
-_ZERO_MEANS_UNLIMITED = frozenset(
-    {"max_connections", "max_connections_per_ip", "max_connection_rate_per_ip"}
-)
+# The numbers that may be 0, and what 0 means. Every other number must be
+# greater than 0: a zero timeout, window, count or size would time out
+# every session, kill healthy workers, refuse every client or block every
+# delivery, which no operator means.
+_ZERO_MEANS = {
+    "server.workers": "one worker per CPU",
+    "server.shutdown_grace_s": "no draining: end sessions at once",
+    "limits.max_connections": "unlimited",
+    "limits.max_connections_per_ip": "unlimited",
+    "limits.max_connection_rate_per_ip": "unlimited",
+    "relay.mx_cache_min_ttl_s": "no floor: DNS TTLs are kept as given",
+    "relay.mx_cache_negative_ttl_s": "cached for mx_cache_min_ttl_s only",
+    "relay.idle_reuse_s": "a connection is never reused",
+}
+
+# How often a worker tells the master it is alive; the worker timeout must
+# be longer. Here rather than in worker.py, which the master must not import
+# (uvloop, the resolver) before it forks.
+HEARTBEAT_INTERVAL_S = 1.0
+
+# One label of an RFC 1123 host name: letters, digits and hyphens, neither
+# first nor last a hyphen.
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
 
 
 class ConfigError(Exception):
@@ -274,7 +295,10 @@ def _convert(hint: object, value: object, key: str) -> object:
             raise ConfigError(f"{key}: expected a list")
         return tuple(_convert(item_type, v, key) for v in value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # TOML integers have no size limit
+            raise ConfigError(f"{key}: {value} is too large") from None
     if hint in (int, float, str, bool):
         if type(value) is not hint:
             raise ConfigError(f"{key}: expected {_type_name(hint)}, got {value!r}")
@@ -291,6 +315,11 @@ def _type_name(hint: type) -> str:
 
 
 def _validate(config: Config) -> None:
+    _validate_numbers(config)
+    if config.server.hostname:
+        problem = _host_name_problem(config.server.hostname)
+        if problem:
+            raise ConfigError(f"server.hostname: {config.server.hostname!r} {problem}")
     for key in ("listen", "submission", "submissions"):
         for address in getattr(config.server, key):
             parse_listen(address, f"server.{key}")
@@ -304,19 +333,6 @@ def _validate(config: Config) -> None:
         raise ConfigError("server.log_level: one of trace, debug, info, warning, error")
     if config.maildir.sync not in ("syncfs", "fsync"):
         raise ConfigError('maildir.sync: "syncfs" or "fsync"')
-    for section in ("limits", "queue", "auth"):
-        for f in dataclasses.fields(getattr(config, section)):
-            value = getattr(getattr(config, section), f.name)
-            if isinstance(value, bool):
-                continue
-            if isinstance(value, (int, float)) and value < 0:
-                raise ConfigError(f"{section}.{f.name}: must not be negative")
-            if (
-                isinstance(value, (int, float))
-                and value == 0
-                and not (f.name in _ZERO_MEANS_UNLIMITED)
-            ):
-                raise ConfigError(f"{section}.{f.name}: must be greater than 0")
     _validate_relay(config.relay)
     _validate_networks(
         config.limits.per_ip_exempt_networks, "limits.per_ip_exempt_networks"
@@ -330,9 +346,57 @@ def _validate(config: Config) -> None:
     for name, domain in config.domains.items():
         if name != name.lower() or name.endswith(".") or not name:
             raise ConfigError(f"domains.{name}: write domains in lower case, no dot")
+        # The name becomes a directory under maildir.root: beyond being a
+        # valid domain, this keeps "/" and ".." (a path traversal) out.
+        problem = _host_name_problem(name)
+        if problem:
+            raise ConfigError(f"domains.{name}: {problem}")
         for mailbox in domain.mailboxes:
             if not mailbox or "/" in mailbox or mailbox.startswith("."):
                 raise ConfigError(f"domains.{name}.mailboxes: bad name {mailbox!r}")
+
+
+def _validate_numbers(config: Config) -> None:
+    # TOML allows nan and inf, which compare false with everything: a nan
+    # timeout passes "< 0" and "== 0" alike and then breaks every worker.
+    for section in ("server", "limits", "maildir", "relay", "queue", "tls", "auth"):
+        for f in dataclasses.fields(getattr(config, section)):
+            key = f"{section}.{f.name}"
+            value = getattr(getattr(config, section), f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}: must be a finite number, not {value}")
+            if value < 0:
+                raise ConfigError(f"{key}: must not be negative")
+            if value == 0 and key not in _ZERO_MEANS:
+                raise ConfigError(f"{key}: must be greater than 0")
+    # The master kills a worker it has not heard from for this long; at or
+    # under the interval of the heartbeats, it would kill healthy workers.
+    if config.server.worker_timeout_s <= HEARTBEAT_INTERVAL_S:
+        raise ConfigError(
+            "server.worker_timeout_s: must be greater than the heartbeat"
+            f" interval, {HEARTBEAT_INTERVAL_S:g} s"
+        )
+
+
+def _host_name_problem(name: str) -> str | None:
+    """What makes ``name`` no RFC 1123 host name in ASCII, or None."""
+    if not name.isascii():
+        return "is not ASCII (write internationalized names as xn-- A-labels)"
+    if len(name) > 253:
+        return "is longer than 253 octets"
+    for label in name.split("."):
+        if not label:
+            return "has an empty label"
+        if len(label) > 63:
+            return f"has a label longer than 63 octets: {label!r}"
+        if not _HOST_LABEL.fullmatch(label):
+            return (
+                f"has a bad label {label!r}: use letters, digits and hyphens"
+                " (not first or last)"
+            )
+    return None
 
 
 def _validate_tls(config: Config) -> None:
@@ -376,6 +440,62 @@ def _validate_relay(relay: RelayConfig) -> None:
             raise ConfigError(f"relay.tls_policy.{domain}: may, encrypt or none")
     if not 0 < relay.port < 65536:
         raise ConfigError("relay.port: not a port number")
+    _validate_smarthost(relay)
+    if relay.mx_cache_min_ttl_s > relay.mx_cache_max_ttl_s:
+        raise ConfigError(
+            "relay.mx_cache_min_ttl_s: must not exceed relay.mx_cache_max_ttl_s"
+            f" ({relay.mx_cache_min_ttl_s} > {relay.mx_cache_max_ttl_s})"
+        )
+
+
+def _validate_smarthost(relay: RelayConfig) -> None:
+    """Refuse what the workers' ``split_smarthost`` would misread."""
+    text = relay.smarthost
+    if not text:
+        return
+    from .relay import split_smarthost  # here: relay.py imports this module
+
+    key = "relay.smarthost"
+    if not text.isascii():
+        raise ConfigError(
+            f"{key}: {text!r} is not ASCII (write internationalized names as"
+            " xn-- A-labels)"
+        )
+    host, port = split_smarthost(text, relay.port)
+    # split_smarthost falls back to relay.port when it cannot read a port
+    # ("h:", "h:x", "[h]x"), and to an empty host when a bracket is not
+    # closed: here either is a typo to report, not a default to use.
+    rest = text[len(host) :]
+    if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+        raise ConfigError(
+            f"{key}: {text!r} is not host, [host] or ip, with an optional :port"
+        )
+    if not host:
+        raise ConfigError(f"{key}: {text!r} has no host")
+    if not 0 < port < 65536:
+        raise ConfigError(f"{key}: port {port} is not 1 to 65535")
+    if host.startswith("["):  # split_smarthost only returns it closed
+        inner = host[1:-1]
+        if inner[:5].lower() == "ipv6:":
+            if not _is_ip_address(inner[5:], version=6):
+                raise ConfigError(f"{key}: {inner[5:]!r} is not an IPv6 address")
+            return
+    else:
+        inner = host
+    if _is_ip_address(inner):
+        return
+    # The workers strip the final dot of a fully qualified name.
+    problem = _host_name_problem(inner.removesuffix("."))
+    if problem:
+        raise ConfigError(f"{key}: host {inner!r} {problem}")
+
+
+def _is_ip_address(text: str, version: int | None = None) -> bool:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return version is None or address.version == version
 
 
 def parse_nameserver(server: str) -> tuple[str, int]:
@@ -399,7 +519,8 @@ def parse_nameserver(server: str) -> tuple[str, int]:
 def parse_listen(address: str, key: str) -> tuple[str, int]:
     """``"127.0.0.1:25"`` or ``"[::1]:25"`` to a (host, port) pair."""
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    # isdigit alone also passes "²", on which int() raises ValueError.
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigError(f"{key}: {address!r} is not host:port")
     host = host.removeprefix("[").removesuffix("]")
     try:

@@ -21,7 +21,7 @@ import uvloop
 
 from . import config as configuration
 from . import privileges
-from .config import Config
+from .config import HEARTBEAT_INTERVAL_S, Config
 from .connlimits import ConnectionLimiter, ConnectionTable
 from .delivery import Delivery
 from .directory import Directory
@@ -38,8 +38,6 @@ from .session import ListenerPolicy, SessionSettings
 from .users import UserDatabase, UsersFileError
 
 log = logging.getLogger("mailfast.worker")
-
-HEARTBEAT_INTERVAL_S = 1.0
 
 
 def run(

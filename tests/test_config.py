@@ -21,7 +21,7 @@ SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "domains"]
 # Values unlike the defaults that validation accepts, for the keys whose
 # type alone does not give one; numbers are derived in non_default_value.
 CHOSEN_VALUES = {
-    "server.hostname": 'mx "one" \\ grüße.example',
+    "server.hostname": "mx-1.Example.NET",
     "server.listen": ("127.0.0.1:25", "[::1]:2525"),
     "server.log_level": "debug",
     "server.spool_dir": "/srv/mailfast/spool",
@@ -141,7 +141,7 @@ STRINGS = {
 @pytest.mark.parametrize("text", STRINGS.values(), ids=STRINGS.keys())
 def test_strings_round_trip_through_to_toml(text: str) -> None:
     quirky = Config(
-        server=config.ServerConfig(hostname=text),
+        server=config.ServerConfig(spool_dir=text),
         domains={"localhost": DomainConfig(mailboxes=("alice",), catch_all=text)},
     )
     assert config.parse(config.to_toml(quirky)) == quirky
@@ -225,6 +225,191 @@ REFUSED = {
         '[domains.localhost]\nmailboxes = ["../alice"]',
         "domains.localhost.mailboxes",
     ),
+    # Workers write the host name into banners and headers as ASCII.
+    "non-ASCII host name": (
+        '[server]\nhostname = "mx.tëst"',
+        "server.hostname: 'mx.tëst' is not ASCII",
+    ),
+    "CR LF in the host name": (
+        '[server]\nhostname = "mx.test\\r\\n250 hi"',
+        "server.hostname: 'mx.test\\r\\n250 hi' has a bad label",
+    ),
+    "space in the host name": (
+        '[server]\nhostname = "mx test"',
+        "server.hostname: 'mx test' has a bad label",
+    ),
+    "control character in the host name": (
+        '[server]\nhostname = "mx\\u0000.test"',
+        "server.hostname: 'mx\\x00.test' has a bad label",
+    ),
+    "empty label in the host name": (
+        '[server]\nhostname = "mx..test"',
+        "server.hostname: 'mx..test' has an empty label",
+    ),
+    "host name label of 64 octets": (
+        f'[server]\nhostname = "{"a" * 64}.test"',
+        "server.hostname: '" + "a" * 64 + ".test' has a label longer than 63",
+    ),
+    "host name of 254 octets": (
+        f'[server]\nhostname = "{".".join(["a" * 63] * 4)}.b"',
+        "is longer than 253 octets",
+    ),
+    "hyphen first in a host name label": (
+        '[server]\nhostname = "-mx.test"',
+        "server.hostname: '-mx.test' has a bad label",
+    ),
+    "nan timeout": (
+        "[limits]\ncommand_timeout_s = nan",
+        "limits.command_timeout_s: must be a finite number",
+    ),
+    "infinite timeout": (
+        "[relay]\nconnect_timeout_s = inf",
+        "relay.connect_timeout_s: must be a finite number",
+    ),
+    "negative infinite grace": (
+        "[server]\nshutdown_grace_s = -inf",
+        "server.shutdown_grace_s: must be a finite number",
+    ),
+    "integer too large for a number": (
+        f"[server]\nshutdown_grace_s = {10**400}",
+        "server.shutdown_grace_s: " + str(10**400) + " is too large",
+    ),
+    "zero worker timeout": (
+        "[server]\nworker_timeout_s = 0",
+        "server.worker_timeout_s: must be greater than 0",
+    ),
+    "worker timeout within a heartbeat": (
+        "[server]\nworker_timeout_s = 1",
+        "server.worker_timeout_s: must be greater than the heartbeat interval",
+    ),
+    "negative grace": (
+        "[server]\nshutdown_grace_s = -1",
+        "server.shutdown_grace_s: must not be negative",
+    ),
+    "negative relay timeout": (
+        "[relay]\ndns_timeout_s = -5",
+        "relay.dns_timeout_s: must not be negative",
+    ),
+    "zero relay timeout": (
+        "[relay]\nfinal_timeout_s = 0",
+        "relay.final_timeout_s: must be greater than 0",
+    ),
+    "zero connections per destination": (
+        "[relay]\nmax_per_destination = 0",
+        "relay.max_per_destination: must be greater than 0",
+    ),
+    "zero Received headers": (
+        "[relay]\nmax_received_headers = 0",
+        "relay.max_received_headers: must be greater than 0",
+    ),
+    "zero cache maximum TTL": (
+        "[relay]\nmx_cache_min_ttl_s = 0\nmx_cache_max_ttl_s = 0",
+        "relay.mx_cache_max_ttl_s: must be greater than 0",
+    ),
+    "negative cache TTL": (
+        "[relay]\nmx_cache_negative_ttl_s = -1",
+        "relay.mx_cache_negative_ttl_s: must not be negative",
+    ),
+    "negative TLS handshake timeout": (
+        "[tls]\nhandshake_timeout_s = -30",
+        "tls.handshake_timeout_s: must not be negative",
+    ),
+    "zero TLS handshake timeout": (
+        "[tls]\nhandshake_timeout_s = 0",
+        "tls.handshake_timeout_s: must be greater than 0",
+    ),
+    "zero login failures": (
+        "[auth]\nmax_failures = 0",
+        "auth.max_failures: must be greater than 0",
+    ),
+    "nan queue backoff": (
+        "[queue]\nmin_backoff_s = nan",
+        "queue.min_backoff_s: must be a finite number",
+    ),
+    "cache minimum TTL over the maximum": (
+        "[relay]\nmx_cache_min_ttl_s = 3600\nmx_cache_max_ttl_s = 60",
+        "relay.mx_cache_min_ttl_s: must not exceed relay.mx_cache_max_ttl_s",
+    ),
+    "smarthost port out of range": (
+        '[relay]\nsmarthost = "h:99999"',
+        "relay.smarthost: port 99999 is not 1 to 65535",
+    ),
+    "smarthost port 0": (
+        '[relay]\nsmarthost = "[h]:0"',
+        "relay.smarthost: port 0 is not 1 to 65535",
+    ),
+    "smarthost bracket not closed": (
+        '[relay]\nsmarthost = "[::1"',
+        "relay.smarthost: '[::1' is not host, [host] or ip",
+    ),
+    "smarthost with an empty port": (
+        '[relay]\nsmarthost = "h:"',
+        "relay.smarthost: 'h:' is not host, [host] or ip",
+    ),
+    "smarthost with a port of letters": (
+        '[relay]\nsmarthost = "[h]:smtp"',
+        "relay.smarthost: '[h]:smtp' is not host, [host] or ip",
+    ),
+    "smarthost without a host": (
+        '[relay]\nsmarthost = ":25"',
+        "relay.smarthost: ':25' has no host",
+    ),
+    "smarthost with empty brackets": (
+        '[relay]\nsmarthost = "[]:25"',
+        "relay.smarthost: host '' has an empty label",
+    ),
+    "non-ASCII smarthost": (
+        '[relay]\nsmarthost = "relais.grüße.example"',
+        "relay.smarthost: 'relais.grüße.example' is not ASCII",
+    ),
+    "smarthost with a space": (
+        '[relay]\nsmarthost = "relay example"',
+        "relay.smarthost: host 'relay example' has a bad label",
+    ),
+    "smarthost IPv6 literal that is not IPv6": (
+        '[relay]\nsmarthost = "[IPv6:192.0.2.1]"',
+        "relay.smarthost: '192.0.2.1' is not an IPv6 address",
+    ),
+    "relay port 0": ("[relay]\nport = 0", "relay.port"),
+    "relay port 65536": ("[relay]\nport = 65536", "relay.port: not a port number"),
+    "listen port in superscript digits": (
+        '[server]\nlisten = ["127.0.0.1:²"]',
+        "server.listen: '127.0.0.1:²' is not host:port",
+    ),
+    "submission on port 65536": (
+        '[server]\nsubmission = ["127.0.0.1:65536"]',
+        "server.submission",
+    ),
+    # Domains name directories under maildir.root.
+    "domain with a slash": (
+        '[domains."example.com/x"]',
+        "domains.example.com/x: has a bad label 'com/x'",
+    ),
+    "domain climbing out of the maildir root": (
+        '[domains."../etc"]',
+        "domains.../etc: has an empty label",
+    ),
+    "domain of two dots": ('[domains.".."]', "domains...: write domains in lower"),
+    "domain with a leading dot": (
+        '[domains.".example.com"]',
+        "domains..example.com: has an empty label",
+    ),
+    "domain with an empty label": (
+        '[domains."example..com"]',
+        "domains.example..com: has an empty label",
+    ),
+    "domain with an underscore": (
+        '[domains."mail_example.com"]',
+        "domains.mail_example.com: has a bad label 'mail_example'",
+    ),
+    "domain as a U-label": (
+        '[domains."bücher.example"]',
+        "domains.bücher.example: is not ASCII (write internationalized names as xn--",
+    ),
+    "domain in capitals with a trailing dot": (
+        '[domains."example.com."]',
+        "domains.example.com.: write domains in lower case, no dot",
+    ),
 }
 
 
@@ -234,6 +419,45 @@ def test_refused_naming_the_key(text: str, message: str) -> None:
         config.parse(text, "site.toml")
     assert str(refused.value).startswith("site.toml: ")
     assert message in str(refused.value)
+
+
+ACCEPTED = {
+    "no host name: the machine's FQDN": '[server]\nhostname = ""',
+    "host name in capitals": '[server]\nhostname = "MX1.Example.net"',
+    "host name of 253 octets": (
+        f'[server]\nhostname = "{".".join(["a" * 63] * 3)}.{"b" * 61}"'
+    ),
+    "zero grace: drain at once": "[server]\nshutdown_grace_s = 0",
+    "zero workers: one per CPU": "[server]\nworkers = 0",
+    "zero connection limits: unlimited": (
+        "[limits]\nmax_connections = 0\nmax_connections_per_ip = 0\n"
+        "max_connection_rate_per_ip = 0"
+    ),
+    "zero TTL floor and negative TTL": (
+        "[relay]\nmx_cache_min_ttl_s = 0\nmx_cache_negative_ttl_s = 0"
+    ),
+    "equal TTL floor and ceiling": (
+        "[relay]\nmx_cache_min_ttl_s = 300\nmx_cache_max_ttl_s = 300"
+    ),
+    "zero idle reuse: never reuse": "[relay]\nidle_reuse_s = 0",
+    "smarthost name": '[relay]\nsmarthost = "smtp.example.net"',
+    "smarthost name with a final dot": '[relay]\nsmarthost = "smtp.example.net."',
+    "smarthost name and port": '[relay]\nsmarthost = "smtp.example.net:587"',
+    "smarthost in brackets with port": '[relay]\nsmarthost = "[smtp.example.net]:587"',
+    "smarthost IPv4 with port": '[relay]\nsmarthost = "192.0.2.25:2525"',
+    "smarthost bare IPv6": '[relay]\nsmarthost = "2001:db8::25"',
+    "smarthost IPv6 in brackets": '[relay]\nsmarthost = "[2001:db8::25]:10025"',
+    "smarthost IPv6 literal": '[relay]\nsmarthost = "[IPv6:2001:db8::25]"',
+    "smarthost A-label": '[relay]\nsmarthost = "xn--bcher-kva.example"',
+    "domain as an A-label": '[domains."xn--bcher-kva.example"]',
+    "domain of one label": "[domains.localhost]",
+    "domain with hyphens and digits": '[domains."mail-1.example-2.com"]',
+}
+
+
+@pytest.mark.parametrize("text", ACCEPTED.values(), ids=ACCEPTED.keys())
+def test_accepted(text: str) -> None:
+    config.parse(text, "site.toml")
 
 
 def test_toml_syntax_error_names_the_file() -> None:

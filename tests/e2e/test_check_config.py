@@ -55,8 +55,17 @@ def test_typo_in_a_key_is_named(tmp_path: Path) -> None:
         ('[server]\nlisten = ["localhost"]\n', "server.listen"),
         ("[maildir]\nroots = 'x'\n", "maildir.roots"),
         ("[domains.localhost]\nmailbox = ['alice']\n", "domains.localhost.mailbox"),
+        ("[limits]\ncommand_timeout_s = nan\n", "limits.command_timeout_s"),
+        ("[domains.'../etc']\n", "domains.../etc"),
     ],
-    ids=["wrong-type", "bad-listen", "typo-section", "typo-domain-key"],
+    ids=[
+        "wrong-type",
+        "bad-listen",
+        "typo-section",
+        "typo-domain-key",
+        "nan-timeout",
+        "domain-path-traversal",
+    ],
 )
 def test_other_mistakes_are_named(tmp_path: Path, text: str, key: str) -> None:
     config = tmp_path / "bad.toml"
