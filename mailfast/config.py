@@ -145,6 +145,8 @@ class AuthConfig:
     sender_must_match: bool = True  # the envelope sender must be one of the user's
     max_failures: int = 5  # failed logins per client address within the window
     failure_window_s: float = 300.0
+    # Where the workers count failed logins together (SQLite, no fsync).
+    failures_path: str = "var/cache/login-failures.sqlite"
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,10 +6,7 @@ own domains; this is what keeps mailfast from being an open relay.
 
 from __future__ import annotations
 
-import collections
 import ipaddress
-import time
-from collections.abc import Callable
 
 
 class Networks:
@@ -36,40 +33,3 @@ class RelayPolicy:
 
     def permits(self, client_ip: str, authenticated: bool = False) -> bool:
         return authenticated or client_ip in self._trusted
-
-
-class LoginFailures:
-    """Failed logins per client address in a sliding window, for one worker.
-
-    A client past ``max_failures`` within ``window_s`` is refused before its
-    credentials are checked: guessing passwords then costs it the window,
-    and costs us no hashing.
-    """
-
-    def __init__(
-        self,
-        max_failures: int,
-        window_s: float,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        self.max_failures = max_failures
-        self.window_s = window_s
-        self._clock = clock
-        self._failures: dict[str, collections.deque[float]] = {}
-
-    def blocked(self, client_ip: str) -> bool:
-        failures = self._failures.get(client_ip)
-        if not failures:
-            return False
-        horizon = self._clock() - self.window_s
-        while failures and failures[0] < horizon:
-            failures.popleft()
-        if not failures:
-            del self._failures[client_ip]
-            return False
-        return len(failures) >= self.max_failures
-
-    def record(self, client_ip: str) -> None:
-        if len(self._failures) > 100_000:  # bound memory under a wide attack
-            self._failures.clear()
-        self._failures.setdefault(client_ip, collections.deque()).append(self._clock())

@@ -29,6 +29,7 @@ def writable_directories(config: Config) -> list[str]:
         os.path.abspath(config.queue.directory),
         os.path.abspath(config.server.spool_dir),
         os.path.dirname(os.path.abspath(config.relay.mx_cache_path)),
+        os.path.dirname(os.path.abspath(config.auth.failures_path)),
     ]
 
 

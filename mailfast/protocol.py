@@ -25,7 +25,8 @@ from . import replies, session as steps
 from ._parser import Parser
 from .delivery import Delivery
 from .directory import Directory
-from .policy import LoginFailures, Networks, RelayPolicy
+from .loginfailures import LoginFailures
+from .policy import Networks, RelayPolicy
 from .events import COMMAND, CONTENT, END_OF_CHUNK, END_OF_DATA
 from .ids import new_queue_id
 from .logconfig import TRACE

@@ -30,7 +30,8 @@ from .maildir import MaildirStore
 from .mailqueue import MailQueue
 from .mx import MXResolver
 from .mxcache import MXCache
-from .policy import LoginFailures, Networks, RelayPolicy
+from .loginfailures import LoginFailures
+from .policy import Networks, RelayPolicy
 from .protocol import SMTPConnection, WorkerContext
 from .relay import Relayer, split_smarthost
 from .relayclient import RelayClient, RelaySettings
@@ -170,7 +171,9 @@ def _context(
         users=_load_users(config),
         auth_executor=ThreadPoolExecutor(max_workers=2, thread_name_prefix="auth"),
         login_failures=LoginFailures(
-            config.auth.max_failures, config.auth.failure_window_s
+            os.path.abspath(config.auth.failures_path),
+            config.auth.max_failures,
+            config.auth.failure_window_s,
         ),
         plaintext_auth_on_loopback=config.auth.allow_plaintext_on_loopback,
         sender_must_match=config.auth.sender_must_match,

@@ -42,6 +42,7 @@ CHOSEN_VALUES = {
     "auth.allow_plaintext_on_loopback": True,
     "auth.offer_on_smtp": True,
     "auth.sender_must_match": False,
+    "auth.failures_path": "/var/lib/mailfast/login-failures.sqlite",
 }
 
 DOMAINS = {
