@@ -169,7 +169,7 @@ class Config:
 
     @property
     def hostname(self) -> str:
-        return self.server.hostname or socket.getfqdn()
+        return self.server.hostname or machine_hostname()
 
     @property
     def listeners(self) -> list[tuple[str, str]]:
@@ -530,3 +530,15 @@ def parse_listen(address: str, key: str) -> tuple[str, int]:
     except ValueError:
         raise ConfigError(f"{key}: {host!r} is not an IP address") from None
     return host, int(port)
+
+
+def machine_hostname() -> str:
+    """The machine's name for the banner, as Postfix's myhostname defaults.
+
+    getfqdn() answers "localhost" where /etc/hosts puts the machine's name
+    on a loopback line (common on Debian); the kernel's own name says more.
+    """
+    fqdn = socket.getfqdn()
+    if fqdn and fqdn != "localhost" and not fqdn.startswith("localhost."):
+        return fqdn
+    return socket.gethostname() or fqdn
