@@ -15,6 +15,7 @@ Where a file is says who owns it::
     active/<pid>/<id>    owned by worker <pid>, which is delivering it
     deferred/<id>        waiting; its mtime is the time of its next attempt
     state/<id>           attempts so far, recipients finished, last error
+    corrupt/<id>         unusable (see below), with its state as <id>.state
 
 A worker that accepts a message owns it at once (it is written straight into
 its active directory) and starts delivering without any polling delay. A
@@ -30,12 +31,24 @@ Invariants:
     that was delivered is not delivered again after a crash.
   * Removing a finished message needs no sync: if the unlink is lost in a
     crash, the state file still says every recipient is done.
+
+A file that cannot be a message mailfast wrote (a disk error, a truncated
+copy, an editor's leftover) raises ``CorruptQueueFile`` from ``load``, which
+checks everything the relay reads. The worker moves it to corrupt/, as
+Postfix does: it is neither delivered nor bounced, since a damaged envelope
+cannot say to whom, and it does not come back at every restart. An entry
+that is not a regular file is set aside too; what recovery cannot use (a
+file where a worker's directory belongs, a directory in tmp/) stays where it
+is, with a warning, so that it never stops the server from starting.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -46,6 +59,13 @@ from .relaymodel import RelayMessage, RelayRecipient
 from .spool import MessageBuffer, write_all
 
 FORMAT_VERSION = 1
+STATE_SUFFIX = ".state"  # a state file set aside next to its message in corrupt/
+
+log = logging.getLogger("mailfast.queue")
+
+
+class CorruptQueueFile(ValueError):
+    """A queue or state file that mailfast cannot have written; str() says why."""
 
 
 @dataclass(slots=True)
@@ -67,7 +87,13 @@ class DeliveryState:
 
     @classmethod
     def from_json(cls, data: bytes) -> DeliveryState:
-        raw = json.loads(data)
+        try:
+            raw = json.loads(data)
+        except (ValueError, RecursionError) as exc:  # bad UTF-8, deep nesting
+            raise CorruptQueueFile(f"state file is not JSON: {exc}") from None
+        _check_fields(raw, _STATE_FIELDS, "state file")
+        if not all(_is_int(index) for index in raw["done"]):
+            raise CorruptQueueFile("state file: 'done' holds a non-integer")
         return cls(raw["attempts"], raw["next_attempt"], raw["last_error"], raw["done"])
 
 
@@ -124,6 +150,7 @@ class MailQueue:
         self.deferred_dir = os.path.join(self.directory, "deferred")
         self.active_root = os.path.join(self.directory, "active")
         self.state_dir = os.path.join(self.directory, "state")
+        self.corrupt_dir = os.path.join(self.directory, "corrupt")
         self.flush_path = os.path.join(self.directory, "flush")
 
     def create_directories(self) -> None:
@@ -135,6 +162,7 @@ class MailQueue:
             self.deferred_dir,
             self.active_root,
             self.state_dir,
+            self.corrupt_dir,
         ):
             os.makedirs(path, mode=0o700, exist_ok=True)
 
@@ -181,10 +209,15 @@ class MailQueue:
     # Reading and progress (blocking: call from an executor).
 
     def load(self, path: str) -> QueuedMessage:
-        with open(path, "rb") as f:
+        """The message in the queue file at ``path``.
+
+        Raises CorruptQueueFile if the file or its state file is unusable, and
+        OSError (FileNotFoundError above all) if it cannot be read.
+        """
+        with open(_open_regular(path), "rb") as f:
             line = f.readline()
             size = os.fstat(f.fileno()).st_size
-        envelope = json.loads(line)
+        envelope = parse_envelope(line, os.path.basename(path))
         state = self._read_state(envelope["id"])
         return QueuedMessage(path, envelope, len(line), size - len(line), state)
 
@@ -194,6 +227,41 @@ class MailQueue:
                 return DeliveryState.from_json(f.read())
         except FileNotFoundError:
             return DeliveryState()
+        except IsADirectoryError:
+            raise CorruptQueueFile("its state file is a directory") from None
+
+    def quarantine(self, path: str) -> str:
+        """Move the queue entry at ``path``, and its state file, into corrupt/.
+
+        Returns where the entry went. Not synced: if the rename is lost in a
+        crash, the file is found corrupt again and moved again.
+        """
+        os.makedirs(self.corrupt_dir, mode=0o700, exist_ok=True)
+        name = os.path.basename(path)
+        target = os.path.join(self.corrupt_dir, name)
+        if os.path.lexists(target):  # keep what an earlier failure set aside
+            target = f"{target}.{time.time_ns()}"
+        # The message first: a state file without its message is inert, while
+        # a message without its state would be sent again to whoever had it.
+        os.rename(path, target)
+        try:
+            os.rename(os.path.join(self.state_dir, name), target + STATE_SUFFIX)
+        except FileNotFoundError:
+            pass
+        return target
+
+    def _set_aside(self, path: str, reason: str) -> None:
+        """Quarantine an entry that is no message, or warn that it stays."""
+        try:
+            target = self.quarantine(path)
+        except FileNotFoundError:
+            return  # someone else took it
+        except OSError as exc:
+            log.warning(
+                "queue: %s is %s and cannot be moved: %s", path, reason, exc.strerror
+            )
+        else:
+            log.warning("queue: %s is %s; moved to %s", path, reason, target)
 
     def save_state(self, message: QueuedMessage) -> None:
         """Replace the state file atomically and durably."""
@@ -234,6 +302,11 @@ class MailQueue:
                 if len(claimed) >= limit:
                     break
                 try:
+                    # d_type answers this without a system call, so the scan
+                    # of a large queue costs no more.
+                    if not entry.is_file(follow_symlinks=False):
+                        self._set_aside(entry.path, "not a regular file")
+                        continue
                     if entry.stat().st_mtime > now:
                         continue
                     target = os.path.join(active, entry.name)
@@ -247,29 +320,61 @@ class MailQueue:
         """Give the messages of a dead worker (or of all workers) back to deferred/.
 
         Runs in the master, where no worker owns the directories concerned.
+        What is not a worker's directory or a regular file is left alone or
+        moved to corrupt/, with a warning: a stray entry must not stop the
+        server from starting.
         """
         if not os.path.isdir(self.active_root):
             return 0
         if pid is None:
             # Nothing runs yet: half-written files were never acknowledged.
             for name in os.listdir(self.tmp_dir):
-                os.unlink(os.path.join(self.tmp_dir, name))
+                path = os.path.join(self.tmp_dir, name)
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:  # a directory: not ours to remove
+                    log.warning(
+                        "queue: cannot remove %s, skipped: %s", path, exc.strerror
+                    )
         pids = [str(pid)] if pid is not None else os.listdir(self.active_root)
         moved = 0
         now = time.time()
         for name in pids:
             directory = os.path.join(self.active_root, name)
             try:
-                entries = os.listdir(directory)
+                mode = os.lstat(directory).st_mode
             except FileNotFoundError:
                 continue
-            for entry in entries:
-                target = os.path.join(self.deferred_dir, entry)
-                os.rename(os.path.join(directory, entry), target)
-                os.utime(target, (now, now))  # due at once
-                moved += 1
-            os.rmdir(directory)
+            if not stat.S_ISDIR(mode):
+                log.warning("queue: %s is not a worker's directory; skipped", directory)
+                continue
+            for entry in os.listdir(directory):
+                moved += self._requeue(os.path.join(directory, entry), now)
+            try:
+                os.rmdir(directory)
+            except OSError as exc:  # something above could not be moved
+                log.warning("queue: cannot remove %s: %s", directory, exc.strerror)
         return moved
+
+    def _requeue(self, path: str, now: float) -> int:
+        """Move a dead worker's file to deferred/, due at once; 1 if moved."""
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                self._set_aside(path, "not a regular file")
+                return 0
+            target = os.path.join(self.deferred_dir, os.path.basename(path))
+            os.rename(path, target)
+            os.utime(target, (now, now))
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            log.warning(
+                "queue: cannot move %s back to deferred/: %s", path, exc.strerror
+            )
+            return 0
+        return 1
 
     def request_flush(self) -> None:
         """Ask running workers to retry every deferred message now."""
@@ -291,13 +396,132 @@ class MailQueue:
             return 0.0
 
     def all_messages(self) -> Iterator[tuple[str, str]]:
-        """(where, path) of every queued message: where is "active" or "deferred"."""
+        """(where, path) of every queue entry: "deferred", "active" or "corrupt".
+
+        Entries are not checked: ``load`` says whether each is a message.
+        """
         for name in sorted(os.listdir(self.deferred_dir)):
             yield "deferred", os.path.join(self.deferred_dir, name)
         for pid in sorted(os.listdir(self.active_root)):
             directory = os.path.join(self.active_root, pid)
-            for name in sorted(os.listdir(directory)):
+            try:
+                names = sorted(os.listdir(directory))
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # recovered meanwhile, or a stray file recover() reports
+            for name in names:
                 yield "active", os.path.join(directory, name)
+        try:
+            names = sorted(os.listdir(self.corrupt_dir))
+        except FileNotFoundError:
+            names = []  # a queue made before corrupt/ existed
+        present = set(names)
+        for name in names:
+            if name.endswith(STATE_SUFFIX) and name[: -len(STATE_SUFFIX)] in present:
+                continue  # part of the entry before it
+            yield "corrupt", os.path.join(self.corrupt_dir, name)
+
+
+_NUMBER = ((int, float), "a number")
+_STRING = (str, "a string")
+_ENVELOPE_FIELDS = {
+    "v": (int, "an integer"),
+    "id": _STRING,
+    "sender": _STRING,
+    "recipients": (list, "a list"),
+    "body": _STRING,
+    "smtputf8": (bool, "a boolean"),
+    "ret": _STRING,
+    "envid": _STRING,
+    "arrival": _NUMBER,
+}
+_RECIPIENT_FIELDS = {
+    "address": _STRING,
+    "notify": (list, "a list"),
+    "orcpt": _STRING,
+}
+_STATE_FIELDS = {
+    "attempts": (int, "an integer"),
+    "next_attempt": _NUMBER,
+    "last_error": _STRING,
+    "done": (list, "a list"),
+}
+
+
+def parse_envelope(line: bytes, queue_id: str) -> dict:
+    """The envelope record of queue file ``queue_id``, from its first line.
+
+    Checks every field the relay reads, so that a damaged file fails here,
+    as CorruptQueueFile, rather than half-way through an attempt.
+    """
+    if not line.endswith(b"\n"):
+        raise CorruptQueueFile("envelope line truncated" if line else "empty file")
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, deep nesting
+        raise CorruptQueueFile(f"envelope is not JSON: {exc}") from None
+    _check_fields(record, _ENVELOPE_FIELDS, "envelope")
+    if record["v"] != FORMAT_VERSION:
+        raise CorruptQueueFile(f"unknown format version {record['v']}")
+    # The id names the state file: one taken from another file's name would
+    # read or overwrite that file's progress.
+    if record["id"] != queue_id:
+        raise CorruptQueueFile(f"envelope id {record['id'][:40]!r} is not the file's")
+    for index, recipient in enumerate(record["recipients"]):
+        _check_fields(recipient, _RECIPIENT_FIELDS, f"recipient {index}")
+        if not all(isinstance(value, str) for value in recipient["notify"]):
+            raise CorruptQueueFile(f"recipient {index}: 'notify' holds a non-string")
+    return record
+
+
+def _check_fields(record: object, fields: dict[str, tuple], what: str) -> None:
+    if not isinstance(record, dict):
+        raise CorruptQueueFile(f"{what} is a JSON {_json_kind(record)}, not an object")
+    for key, (kind, description) in fields.items():
+        if key not in record:
+            raise CorruptQueueFile(f"{what} has no {key!r}")
+        value = record[key]
+        # bool is an int to isinstance, but never what a number field holds.
+        if not isinstance(value, kind) or (
+            isinstance(value, bool) and kind is not bool
+        ):
+            raise CorruptQueueFile(f"{what}: {key!r} is not {description}")
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array"}.get(type(value), type(value).__name__)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _open_regular(path: str) -> int:
+    """A descriptor of the regular file at ``path``; CorruptQueueFile if not one.
+
+    Neither follows a symbolic link nor blocks on a FIFO left in the queue.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CorruptQueueFile("a symbolic link, not a file") from None
+        raise
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        raise CorruptQueueFile("not a regular file")
+    return fd
 
 
 def envelope_line(

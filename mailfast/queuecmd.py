@@ -5,16 +5,22 @@ server and works while it runs: a deferred message is taken out of reach of
 the workers by renaming it (the same claim the workers use) before it is
 deleted, and a flush only makes deferred messages due and tells the workers'
 queue runners to look, which they do within a second.
+
+An entry that is not a readable message (see ``CorruptQueueFile``) is listed
+as unreadable, with the reason, so that it hides nothing else; ``delete``
+removes it like any other. Entries the workers set aside in corrupt/ are
+listed as corrupt, and can be shown and deleted by their name.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 
-from .mailqueue import MailQueue
+from .mailqueue import STATE_SUFFIX, CorruptQueueFile, MailQueue
 
 
 def run(queue: MailQueue, action: str, queue_ids: list[str]) -> int:
@@ -37,7 +43,7 @@ def run(queue: MailQueue, action: str, queue_ids: list[str]) -> int:
             print(f"{queue_id}: not in the queue", file=sys.stderr)
             status = 1
         elif action == "show":
-            _show(queue, *found)
+            status |= _show(queue, queue_id, *found)
         elif action == "delete":
             status |= _delete(queue, queue_id, *found)
     return status
@@ -57,13 +63,27 @@ def _find(queue: MailQueue, queue_id: str) -> tuple[str, str] | None:
 
 
 def _list(queue: MailQueue) -> int:
-    count = 0
+    count = unreadable = corrupt = 0
     now = time.time()
     for where, path in queue.all_messages():
+        name = os.path.basename(path)
+        if where == "corrupt":
+            # The reason is in the log line of the worker that moved it.
+            print(f"{name}  corrupt")
+            corrupt += 1
+            continue
         try:
             message = queue.load(path)
-        except (FileNotFoundError, ValueError):
+        except FileNotFoundError:
             continue  # delivered or moved while we looked
+        except CorruptQueueFile as exc:
+            print(f"{name}  {where}  unreadable: {exc}")
+            unreadable += 1
+            continue
+        except OSError as exc:
+            print(f"{name}  {where}  unreadable: {exc.strerror}")
+            unreadable += 1
+            continue
         count += 1
         state = message.state
         pending = set(message.pending())
@@ -85,23 +105,46 @@ def _list(queue: MailQueue) -> int:
             print(f"  to:   <{recipient.address}> ({mark})")
         if state.last_error:
             print(f"  last error: {state.last_error}")
-    print(
-        f"-- {count} message{'s' if count != 1 else ''} in the queue"
-        f" ({os.path.abspath(queue.directory)})"
-    )
+    summary = f"{count} message{'s' if count != 1 else ''} in the queue"
+    if unreadable:
+        summary += f", {unreadable} unreadable"
+    if corrupt:
+        summary += f", {corrupt} corrupt"
+    print(f"-- {summary} ({os.path.abspath(queue.directory)})")
     return 0
 
 
-def _show(queue: MailQueue, where: str, path: str) -> None:
-    message = queue.load(path)
+def _show(queue: MailQueue, queue_id: str, where: str, path: str) -> int:
+    try:
+        message = queue.load(path)
+        with open(path, "rb") as f:
+            f.seek(message.content_offset)
+            content = f.read(message.content_size)
+    except FileNotFoundError:
+        print(f"{queue_id}: no longer in the queue", file=sys.stderr)
+        return 1
+    except CorruptQueueFile as exc:
+        print(f"{queue_id}: {where}, unreadable: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{queue_id}: {where}, unreadable: {exc.strerror}", file=sys.stderr)
+        return 1
     print(json.dumps({"where": where, **message.envelope}, indent=2))
     print(json.dumps({"state": json.loads(message.state.to_json())}, indent=2))
-    with open(path, "rb") as f:
-        f.seek(message.content_offset)
-        sys.stdout.write(f.read(message.content_size).decode("utf-8", "replace"))
+    sys.stdout.write(content.decode("utf-8", "replace"))
+    return 0
 
 
 def _delete(queue: MailQueue, queue_id: str, where: str, path: str) -> int:
+    if where == "corrupt":
+        # No worker reads corrupt/, so there is no race to win first.
+        _remove(path)
+        try:
+            os.unlink(path + STATE_SUFFIX)
+        except FileNotFoundError:
+            pass
+        print(f"{queue_id}: deleted")
+        return 0
     if where != "deferred":
         print(f"{queue_id}: being delivered right now; try again", file=sys.stderr)
         return 1
@@ -111,13 +154,21 @@ def _delete(queue: MailQueue, queue_id: str, where: str, path: str) -> int:
     except FileNotFoundError:
         print(f"{queue_id}: claimed by a worker meanwhile; try again", file=sys.stderr)
         return 1
-    os.unlink(claimed)
+    _remove(claimed)
     try:
         os.unlink(os.path.join(queue.state_dir, queue_id))
     except FileNotFoundError:
         pass
     print(f"{queue_id}: deleted")
     return 0
+
+
+def _remove(path: str) -> None:
+    """Remove a queue entry, even one that is a directory left by mistake."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
 
 
 def _duration(seconds: float) -> str:

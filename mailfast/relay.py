@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import time
 from concurrent.futures import Executor
 
 from .bounce import FailedRecipient, build_dsn, read_original
 from .config import Config
 from .delivery import Delivery
-from .mailqueue import MailQueue, QueuedMessage
+from .mailqueue import CorruptQueueFile, MailQueue, QueuedMessage
 from .outcome import Outcome, Status
 
 log = logging.getLogger("mailfast.relay")
@@ -89,7 +90,20 @@ class Relayer:
         )
 
     async def _attempt(self, path: str) -> None:
-        message = await self._run_blocking(self.queue.load, path)
+        try:
+            message = await self._run_blocking(self.queue.load, path)
+        except CorruptQueueFile as exc:
+            # Left where it is, it would fail again after every restart; its
+            # envelope cannot be trusted to deliver or bounce it either.
+            log.error(
+                "%s: corrupt queue file %s: %s; moving it to %s",
+                os.path.basename(path),
+                path,
+                exc,
+                self.queue.corrupt_dir,
+            )
+            await self._run_blocking(self.queue.quarantine, path)
+            return
         pending = message.pending()
         if not pending:
             await self._run_blocking(self.queue.remove, message)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import logging
 import os
 import threading
 import time
@@ -30,7 +31,12 @@ from mailfast.envelope import Envelope, Recipient
 from mailfast.groupcommit import GroupCommitter
 from mailfast.ids import new_queue_id
 from mailfast.maildir import MaildirStore
-from mailfast.mailqueue import DeliveryState, MailQueue, envelope_line
+from mailfast.mailqueue import (
+    CorruptQueueFile,
+    DeliveryState,
+    MailQueue,
+    envelope_line,
+)
 from mailfast.relaymodel import RelayRecipient
 from mailfast.spool import MessageBuffer
 
@@ -286,6 +292,150 @@ def test_delivery_state_round_trips_through_json() -> None:
     assert DeliveryState.from_json(DeliveryState().to_json()) == DeliveryState()
 
 
+def good_record(queue_id: str) -> dict:
+    recipients = [{"address": "bob@example.net", "notify": [], "orcpt": ""}]
+    return json.loads(envelope_line(queue_id, "carol@example.org", recipients, 1.0))
+
+
+def altered(queue_id: str, **changes: object) -> bytes:
+    """The envelope line of a good record with ``changes`` (None deletes)."""
+    record = good_record(queue_id)
+    for key, value in changes.items():
+        if value is None:
+            del record[key]
+        else:
+            record[key] = value
+    return json.dumps(record).encode() + b"\n"
+
+
+# The first line of queue file "Q1", and words of the reason CorruptQueueFile gives.
+BAD_ENVELOPES = {
+    "no id": (b'{"v":1}\n', "no 'id'"),
+    "json array": (b"[1]\n", "JSON array"),
+    "json null": (b"null\n", "JSON null"),
+    "not json": (b"From: carol@example.org\n", "not JSON"),
+    "bad utf-8": (b'{"v":1,"id":"\xff"}\n', "not JSON"),
+    "deep nesting": (b"[" * 100_000 + b"\n", "not JSON"),
+    "truncated": (altered("Q1")[:40], "truncated"),
+    "empty": (b"", "empty file"),
+    "no recipients": (altered("Q1", recipients=None), "no 'recipients'"),
+    "recipient not an object": (altered("Q1", recipients=["bob"]), "recipient 0"),
+    "notify not strings": (
+        altered("Q1", recipients=[{"address": "b@x", "notify": [1], "orcpt": ""}]),
+        "'notify'",
+    ),
+    "arrival not a number": (altered("Q1", arrival=True), "'arrival'"),
+    "smtputf8 not a boolean": (altered("Q1", smtputf8="yes"), "'smtputf8'"),
+    "another version": (altered("Q1", v=2), "version 2"),
+    "another file's id": (altered("Q1", id="../state/Q2"), "not the file's"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ENVELOPES), ids=list(BAD_ENVELOPES))
+def test_load_of_an_envelope_of_the_wrong_shape_raises_corrupt_queue_file(
+    tmp_path: Path, case: str
+) -> None:
+    queue = MailQueue(str(tmp_path / "queue"))
+    queue.prepare_worker()
+    line, reason = BAD_ENVELOPES[case]
+    path = Path(queue.deferred_dir) / "Q1"
+    # A line without its newline is all there is: the file was cut there.
+    path.write_bytes(line + CONTENT if line.endswith(b"\n") else line)
+
+    with pytest.raises(CorruptQueueFile, match=reason) as raised:
+        queue.load(str(path))
+
+    assert isinstance(raised.value, ValueError)  # one type for every caller
+
+
+BAD_STATES = {
+    "missing keys": (b'{"attempts": 1}', "no 'next_attempt'"),
+    "json array": (b"[]", "JSON array"),
+    "not json": (b"\xff", "not JSON"),
+    "done not indices": (
+        b'{"attempts": 1, "next_attempt": 0, "last_error": "", "done": ["0"]}',
+        "'done'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_STATES), ids=list(BAD_STATES))
+def test_load_of_a_message_with_a_malformed_state_raises_corrupt_queue_file(
+    tmp_path: Path, case: str
+) -> None:
+    queue = MailQueue(str(tmp_path / "queue"))
+    queue.prepare_worker()
+    path = put_deferred(queue, "Q1", time.time())
+    data, reason = BAD_STATES[case]
+    (Path(queue.state_dir) / "Q1").write_bytes(data)
+
+    with pytest.raises(CorruptQueueFile, match=reason):
+        queue.load(str(path))
+
+
+def test_load_of_what_is_not_a_regular_file_raises_corrupt_queue_file(
+    tmp_path: Path,
+) -> None:
+    queue = MailQueue(str(tmp_path / "queue"))
+    queue.prepare_worker()
+    good = put_deferred(queue, "Q1", time.time())
+    deferred = Path(queue.deferred_dir)
+    (deferred / "adir").mkdir()
+    os.mkfifo(deferred / "afifo")  # must not block the reader
+    (deferred / "alink").symlink_to(good)
+    (Path(queue.state_dir) / "Q1").mkdir()
+
+    for name, reason in [
+        ("adir", "not a regular file"),
+        ("afifo", "not a regular file"),
+        ("alink", "symbolic link"),
+        ("Q1", "state file is a directory"),
+    ]:
+        with pytest.raises(CorruptQueueFile, match=reason):
+            queue.load(str(deferred / name))
+
+
+def test_quarantine_moves_the_file_and_its_state_into_corrupt(
+    tmp_path: Path,
+) -> None:
+    queue = MailQueue(str(tmp_path / "queue"))
+    queue.create_directories()
+    queue.prepare_worker()
+    path = put_active(queue, "Q1", time.time())
+    (Path(queue.state_dir) / "Q1").write_bytes(b"[]")
+    other = put_active(queue, "Q2", time.time())
+
+    assert queue.quarantine(str(path)) == os.path.join(queue.corrupt_dir, "Q1")
+    assert queue.quarantine(str(other)) == os.path.join(queue.corrupt_dir, "Q2")
+
+    assert sorted(os.listdir(queue.corrupt_dir)) == ["Q1", "Q1.state", "Q2"]
+    assert os.listdir(queue.active_dir()) == []
+    assert os.listdir(queue.state_dir) == []
+    assert list(queue.all_messages()) == [
+        ("corrupt", os.path.join(queue.corrupt_dir, "Q1")),
+        ("corrupt", os.path.join(queue.corrupt_dir, "Q2")),
+    ]
+
+
+def test_quarantine_keeps_an_entry_set_aside_earlier_under_the_same_name(
+    tmp_path: Path,
+) -> None:
+    # MailQueue.quarantine makes corrupt/ itself: a queue may predate it.
+    queue = MailQueue(str(tmp_path / "queue"))
+    queue.prepare_worker()
+    first = put_active(queue, "Q1", time.time())
+    first.write_bytes(b"first")
+    queue.quarantine(str(first))
+    second = put_active(queue, "Q1", time.time())
+    second.write_bytes(b"second")
+
+    target = queue.quarantine(str(second))
+
+    assert target.startswith(os.path.join(queue.corrupt_dir, "Q1."))
+    assert (Path(queue.corrupt_dir) / "Q1").read_bytes() == b"first"
+    assert Path(target).read_bytes() == b"second"
+
+
 def test_defer_saves_the_state_and_dates_the_file_by_its_next_attempt(
     site: Site,
 ) -> None:
@@ -355,6 +505,30 @@ def test_claim_due_stops_at_its_limit(tmp_path: Path) -> None:
         map(os.path.basename, claimed)
     )
     assert len(os.listdir(queue.deferred_dir)) == 3
+
+
+def test_claim_due_sets_aside_what_is_not_a_regular_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = MailQueue(str(tmp_path / "queue"))
+    queue.create_directories()
+    queue.prepare_worker()
+    put_deferred(queue, "due", time.time() - 60)
+    deferred = Path(queue.deferred_dir)
+    (deferred / "adir").mkdir()
+    (deferred / "adir" / "inside").write_bytes(b"x")
+    os.mkfifo(deferred / "afifo")
+    (deferred / "alink").symlink_to(deferred / "due")
+
+    with caplog.at_level(logging.WARNING, logger="mailfast"):
+        claimed = queue.claim_due(time.time(), limit=10)
+
+    assert claimed == [os.path.join(queue.active_dir(), "due")]
+    assert os.listdir(queue.deferred_dir) == []
+    assert sorted(os.listdir(queue.corrupt_dir)) == ["adir", "afifo", "alink"]
+    warned = " ".join(record.getMessage() for record in caplog.records)
+    for name in ("adir", "afifo", "alink"):
+        assert str(deferred / name) in warned
 
 
 def test_two_workers_claiming_at_once_never_get_the_same_message(
@@ -436,6 +610,55 @@ def test_recover_without_a_pid_empties_every_active_directory(tmp_path: Path) ->
     successor.prepare_worker()
     claimed = successor.claim_due(time.time(), 10)
     assert sorted(map(os.path.basename, claimed)) == ["a", "b"]
+
+
+def test_recover_skips_a_stray_file_in_active_and_a_directory_in_tmp(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = str(tmp_path / "queue")
+    worker = WorkerQueue(directory, 21)
+    worker.prepare_worker()
+    put_active(worker, "a", time.time())
+    master = MailQueue(directory)
+    stray = Path(master.active_root) / "stray"
+    stray.write_bytes(b"")
+    (Path(master.tmp_dir) / "straydir").mkdir()
+    (Path(master.tmp_dir) / "half-written").write_bytes(b"x")
+
+    with caplog.at_level(logging.WARNING, logger="mailfast"):
+        assert master.recover() == 1
+
+    assert os.listdir(master.deferred_dir) == ["a"]
+    assert os.listdir(master.active_root) == ["stray"]
+    assert os.listdir(master.tmp_dir) == ["straydir"]
+    warned = " ".join(record.getMessage() for record in caplog.records)
+    assert str(stray) in warned
+    assert os.path.join(master.tmp_dir, "straydir") in warned
+    assert list(master.all_messages()) == [
+        ("deferred", os.path.join(master.deferred_dir, "a"))
+    ]
+    assert master.recover(21) == 0  # already gone
+
+
+def test_recover_sets_aside_a_directory_in_a_dead_workers_directory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = str(tmp_path / "queue")
+    dead = WorkerQueue(directory, 4242)
+    dead.create_directories()
+    dead.prepare_worker()
+    put_active(dead, "a", time.time())
+    odd = Path(dead.active_dir()) / "odd"
+    odd.mkdir()
+    master = MailQueue(directory)
+
+    with caplog.at_level(logging.WARNING, logger="mailfast"):
+        assert master.recover(4242) == 1
+
+    assert not os.path.exists(dead.active_dir())
+    assert os.listdir(master.deferred_dir) == ["a"]
+    assert os.listdir(master.corrupt_dir) == ["odd"]
+    assert str(odd) in caplog.text
 
 
 def test_recover_of_a_queue_never_created_moves_nothing(tmp_path: Path) -> None:

@@ -212,3 +212,121 @@ def test_list_of_an_empty_queue(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     queue_dir = (tmp_path / "var" / "queue").resolve()
     assert result.stdout.splitlines() == [f"-- 0 messages in the queue ({queue_dir})"]
+
+
+# Entries that are not readable messages.
+
+UNREADABLE = {
+    "no id": (b'{"v":1}\n', None, "envelope has no 'id'"),
+    "json array": (b"[1]\n", None, "envelope is a JSON array, not an object"),
+    "no recipients": (None, None, "envelope has no 'recipients'"),
+    "bad utf-8": (b'{"v":1,"id":"\xff\xfe"}\n', None, "envelope is not JSON: "),
+    "state without next_attempt": (
+        None,
+        b'{"attempts": 1}',
+        "state file has no 'next_attempt'",
+    ),
+}
+
+
+def put_unreadable(filled: Queue, case: str, name: str = "BROKEN") -> str:
+    """A deferred entry ``name`` of the shape ``case``; the reason it is listed."""
+    line, state, reason = UNREADABLE[case]
+    if line is None:
+        record = json.loads(envelope_line(name, "eve@example.org", [], time.time()))
+        if state is None:
+            del record["recipients"]
+        line = json.dumps(record).encode() + b"\n"
+    (Path(filled.queue.deferred_dir) / name).write_bytes(line + CONTENT)
+    if state is not None:
+        (Path(filled.queue.state_dir) / name).write_bytes(state)
+    return reason
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE), ids=list(UNREADABLE))
+def test_list_shows_an_unreadable_entry_with_its_reason_and_goes_on(
+    filled: Queue, case: str
+) -> None:
+    reason = put_unreadable(filled, case)
+
+    result = run_queue(filled.root, "list")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    [broken] = [line for line in lines if line.startswith("BROKEN")]
+    assert broken.startswith(f"BROKEN  deferred  unreadable: {reason}")
+    assert any(line.startswith(filled.deferred_id) for line in lines)
+    assert any(line.startswith(filled.active_id) for line in lines)
+    assert lines[-1].startswith("-- 2 messages in the queue, 1 unreadable (/")
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE), ids=list(UNREADABLE))
+def test_show_of_an_unreadable_entry_says_so_without_a_traceback(
+    filled: Queue, case: str
+) -> None:
+    reason = put_unreadable(filled, case)
+
+    result = run_queue(filled.root, "show", "BROKEN")
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"BROKEN: deferred, unreadable: {reason}")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_delete_removes_an_unreadable_entry_and_its_state(filled: Queue) -> None:
+    put_unreadable(filled, "state without next_attempt")
+
+    result = run_queue(filled.root, "delete", "BROKEN")
+
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(filled.queue.deferred_dir) == [filled.deferred_id]
+    assert os.listdir(filled.queue.state_dir) == [filled.deferred_id]
+    assert os.listdir(filled.queue.tmp_dir) == []
+
+
+def test_delete_removes_a_directory_left_in_deferred(filled: Queue) -> None:
+    stray = Path(filled.queue.deferred_dir) / "STRAY"
+    (stray / "inside").mkdir(parents=True)
+
+    listed = run_queue(filled.root, "list")
+    result = run_queue(filled.root, "delete", "STRAY")
+
+    assert "STRAY  deferred  unreadable: not a regular file" in listed.stdout
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(filled.queue.deferred_dir) == [filled.deferred_id]
+    assert os.listdir(filled.queue.tmp_dir) == []
+
+
+def test_list_skips_a_stray_file_among_the_workers_directories(
+    filled: Queue,
+) -> None:
+    (Path(filled.queue.active_root) / "stray").write_bytes(b"")
+
+    result = run_queue(filled.root, "list")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].startswith("-- 2 messages in the queue (/")
+
+
+def test_corrupt_entries_are_listed_shown_and_deleted(filled: Queue) -> None:
+    put_unreadable(filled, "state without next_attempt")
+    queue = filled.queue
+    queue.quarantine(os.path.join(queue.deferred_dir, "BROKEN"))
+
+    listed = run_queue(filled.root, "list")
+    shown = run_queue(filled.root, "show", "BROKEN")
+    deleted = run_queue(filled.root, "delete", "BROKEN")
+
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert "BROKEN  corrupt" in lines
+    assert "BROKEN.state  corrupt" not in lines  # part of BROKEN
+    assert lines[-1].startswith("-- 2 messages in the queue, 1 corrupt (/")
+    # Its bad state went along as BROKEN.state: show reads the message alone.
+    assert shown.returncode == 0, shown.stderr
+    envelope, _end = json.JSONDecoder().raw_decode(shown.stdout)
+    assert envelope["where"] == "corrupt"
+    assert deleted.returncode == 0, deleted.stderr
+    assert os.listdir(queue.corrupt_dir) == []

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import json
 import logging
 import os
 import time
@@ -668,3 +669,119 @@ def test_queue_runner_claims_a_deferred_message_when_a_flush_is_requested(
     assert asyncio.run(flush_and_wait()) == [os.path.basename(path)]
     assert [call.recipients for call in site.client.calls] == [[BOB], [BOB]]
     assert (site.active, site.deferred, site.states) == ([], [], [])
+
+
+# Corrupt queue files: set aside in corrupt/, never delivered nor bounced.
+
+
+def corrupt_file(queue_id: str, case: str) -> bytes:
+    """A queue file for ``queue_id`` damaged as ``case`` says."""
+    good = envelope_line(
+        queue_id, ALICE, [{"address": BOB, "notify": [], "orcpt": ""}], time.time()
+    )
+    record = json.loads(good)
+    if case == "no recipients":
+        del record["recipients"]
+        return json.dumps(record).encode() + b"\n" + CONTENT
+    return {
+        "no id": b'{"v":1}\n' + CONTENT,
+        "json array": b"[1]\n" + CONTENT,
+        "invalid json": good[:-20] + b"\n" + CONTENT,
+        "truncated": good[:30],
+    }[case]
+
+
+CORRUPT_CASES = ["no id", "json array", "invalid json", "truncated", "no recipients"]
+
+
+@pytest.mark.parametrize("case", CORRUPT_CASES)
+def test_corrupt_queue_file_is_moved_to_corrupt_with_an_error_naming_it(
+    site: Site, caplog: pytest.LogCaptureFixture, case: str
+) -> None:
+    queue_id = new_queue_id()
+    path = os.path.join(site.queue.active_dir(), queue_id)
+    with open(path, "wb") as f:
+        f.write(corrupt_file(queue_id, case))
+
+    with caplog.at_level(logging.ERROR, logger="mailfast"):
+        attempt(site, path)
+
+    assert site.client.calls == []
+    assert site.bounces() == []
+    assert (site.active, site.deferred, site.states) == ([], [], [])
+    assert os.listdir(site.queue.corrupt_dir) == [queue_id]
+    [error] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert error.getMessage().startswith(f"{queue_id}: corrupt queue file {path}: ")
+    assert error.exc_info is None  # a reason, not a traceback
+
+
+def test_message_with_a_corrupt_state_file_is_moved_with_it(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = enqueue(site, BOB)
+    queue_id = os.path.basename(path)
+    with open(os.path.join(site.queue.state_dir, queue_id), "wb") as f:
+        f.write(b'{"attempts": 2}')  # which recipients are done is lost
+
+    with caplog.at_level(logging.ERROR, logger="mailfast"):
+        attempt(site, path)
+
+    assert site.client.calls == []
+    assert site.bounces() == []
+    assert (site.active, site.deferred, site.states) == ([], [], [])
+    assert sorted(os.listdir(site.queue.corrupt_dir)) == [
+        queue_id,
+        queue_id + ".state",
+    ]
+    assert "state file has no 'next_attempt'" in caplog.text
+
+
+def test_worker_goes_on_past_a_corrupt_file_and_does_not_see_it_again(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = os.path.join(site.queue.active_dir(), "BROKEN")
+    with open(broken, "wb") as f:
+        f.write(b'{"v":1}\n' + CONTENT)
+    good = enqueue(site, BOB)
+
+    async def submit_and_drain() -> None:
+        site.relayer.submit(broken)
+        site.relayer.submit(good)
+        await site.relayer.drain(timeout_s=5.0)
+
+    with caplog.at_level(logging.ERROR, logger="mailfast"):
+        asyncio.run(submit_and_drain())
+
+    assert [call.recipients for call in site.client.calls] == [[BOB]]
+    assert (site.active, site.deferred, site.states) == ([], [], [])
+    assert os.listdir(site.queue.corrupt_dir) == ["BROKEN"]
+    assert [r.getMessage()[:7] for r in caplog.records] == ["BROKEN:"]
+    # A restart gives the workers' files back to deferred/: none is left.
+    assert MailQueue(site.queue.directory).recover() == 0
+
+
+def test_queue_runner_goes_on_past_a_directory_in_deferred(
+    site: Site, errors: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay, "RUNNER_TICK_S", 0.01)
+    site.client.outcomes[BOB] = BUSY
+    path = enqueue(site, BOB)
+    attempt(site, path)
+    del site.client.outcomes[BOB]
+    os.mkdir(os.path.join(site.queue.deferred_dir, "STRAY"))
+
+    async def flush_and_wait() -> None:
+        runner = asyncio.get_running_loop().create_task(site.relayer.run())
+        site.queue.request_flush()
+        deadline = time.monotonic() + 5.0
+        while (site.deferred or site.active) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert not runner.done()
+        runner.cancel()
+        await site.relayer.drain(timeout_s=5.0)
+
+    asyncio.run(flush_and_wait())
+
+    assert [call.recipients for call in site.client.calls] == [[BOB], [BOB]]
+    assert (site.active, site.deferred, site.states) == ([], [], [])
+    assert os.listdir(site.queue.corrupt_dir) == ["STRAY"]
