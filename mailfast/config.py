@@ -455,8 +455,6 @@ def _validate_smarthost(relay: RelayConfig) -> None:
     text = relay.smarthost
     if not text:
         return
-    from .relay import split_smarthost  # here: relay.py imports this module
-
     key = "relay.smarthost"
     if not text.isascii():
         raise ConfigError(
@@ -542,3 +540,21 @@ def machine_hostname() -> str:
     if fqdn and fqdn != "localhost" and not fqdn.startswith("localhost."):
         return fqdn
     return socket.gethostname() or fqdn
+
+
+def split_smarthost(smarthost: str, default_port: int) -> tuple[str, int] | None:
+    """``"[relay.example]:587"`` to ("[relay.example]", 587); "" to None."""
+    if not smarthost:
+        return None
+    host, port = smarthost, default_port
+    if smarthost.startswith("["):
+        close = smarthost.find("]")
+        rest = smarthost[close + 1 :]
+        host = smarthost[: close + 1]
+        if rest.startswith(":") and rest[1:].isdigit():
+            port = int(rest[1:])
+    elif smarthost.count(":") == 1:
+        host, _colon, port_text = smarthost.partition(":")
+        if port_text.isdigit():
+            port = int(port_text)
+    return host, port

@@ -27,7 +27,7 @@ import time
 from concurrent.futures import Executor
 
 from .bounce import FailedRecipient, build_dsn, read_original
-from .config import Config
+from .config import Config, split_smarthost
 from .delivery import Delivery
 from .mailqueue import CorruptQueueFile, MailQueue, QueuedMessage
 from .outcome import Outcome, Status
@@ -324,21 +324,3 @@ class Relayer:
         self._backlog.clear()
         self._report_cache()
         await self.client.close()
-
-
-def split_smarthost(smarthost: str, default_port: int) -> tuple[str, int] | None:
-    """``"[relay.example]:587"`` to ("[relay.example]", 587); "" to None."""
-    if not smarthost:
-        return None
-    host, port = smarthost, default_port
-    if smarthost.startswith("["):
-        close = smarthost.find("]")
-        rest = smarthost[close + 1 :]
-        host = smarthost[: close + 1]
-        if rest.startswith(":") and rest[1:].isdigit():
-            port = int(rest[1:])
-    elif smarthost.count(":") == 1:
-        host, _colon, port_text = smarthost.partition(":")
-        if port_text.isdigit():
-            port = int(port_text)
-    return host, port

@@ -21,7 +21,7 @@ import uvloop
 
 from . import config as configuration
 from . import privileges
-from .config import HEARTBEAT_INTERVAL_S, Config
+from .config import HEARTBEAT_INTERVAL_S, Config, split_smarthost
 from .connlimits import ConnectionLimiter, ConnectionTable
 from .delivery import Delivery
 from .directory import Directory
@@ -33,7 +33,7 @@ from .mxcache import MXCache
 from .loginfailures import LoginFailures
 from .policy import Networks, RelayPolicy
 from .protocol import SMTPConnection, WorkerContext
-from .relay import Relayer, split_smarthost
+from .relay import Relayer
 from .relayclient import RelayClient, RelaySettings
 from .session import ListenerPolicy, SessionSettings
 from .users import UserDatabase, UsersFileError
