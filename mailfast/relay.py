@@ -91,7 +91,7 @@ class Relayer:
 
     async def _attempt(self, path: str) -> None:
         try:
-            message = await self._run_blocking(self.queue.load, path)
+            message, hops = await self._run_blocking(self._load, path)
         except CorruptQueueFile as exc:
             # Left where it is, it would fail again after every restart; its
             # envelope cannot be trusted to deliver or bounce it either.
@@ -111,9 +111,7 @@ class Relayer:
         recipients = message.recipients()
         message.state.attempts += 1
         started = time.time()
-        if await self._run_blocking(self._count_hops, message) > (
-            self.config.relay.max_received_headers
-        ):
+        if hops > self.config.relay.max_received_headers:
             loop = Outcome.failed("5.4.6", "Too many Received headers: mail loop")
             outcomes = {index: loop for index in pending}
         else:
@@ -193,6 +191,11 @@ class Relayer:
             tls_required=policy == "encrypt",
         )
         return dict(zip(indices, outcomes))
+
+    def _load(self, path: str) -> tuple[QueuedMessage, int]:
+        """The message and its Received count: one trip to the executor."""
+        message = self.queue.load(path)
+        return message, self._count_hops(message)
 
     def _count_hops(self, message: QueuedMessage) -> int:
         with open(message.path, "rb") as f:
