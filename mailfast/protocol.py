@@ -36,6 +36,10 @@ from .spool import MessageBuffer
 log = logging.getLogger("mailfast.smtp")
 
 MAX_UNPROCESSED_OCTETS = 65_536  # pause reading while a commit holds more than this
+# Replies gathered before they are handed to the transport: a client that
+# pipelines thousands of commands gets its answers in pieces, so that one
+# that does not read them is noticed (pause_writing) before they pile up.
+MAX_REPLIES_PER_WRITE = 64
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -79,7 +83,8 @@ class SMTPConnection(asyncio.Protocol):
         self.message: MessageBuffer | None = None
         self.client_ip = ""
         self.busy = False  # a commit, handshake or password check is in flight
-        self.paused = False
+        self.paused = False  # reading paused: too much input while busy
+        self.output_blocked = False  # the client is not reading our replies
         self.input_ended = False  # the client half-closed: close once answered
         self._loop = asyncio.get_running_loop()
         self._deadline = 0.0
@@ -133,11 +138,28 @@ class SMTPConnection(asyncio.Protocol):
         # timeout, and each line of content within the data timeout.
         if self.session.in_content and b"\n" in data:
             self._extend_deadline()
-        if not self.busy:
+        if not self.busy and not self.output_blocked:
             self._process()
         elif self.parser.buffered > MAX_UNPROCESSED_OCTETS and not self.paused:
             self.paused = True
             self.transport.pause_reading()
+
+    def pause_writing(self) -> None:
+        """Our replies pile up unread: read and answer nothing more for now.
+
+        Otherwise a client that pipelines commands and never reads would
+        make us hold every reply in memory, without bound.
+        """
+        self.output_blocked = True
+        if not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.output_blocked = False
+        if not self.busy and not self.transport.is_closing():
+            self._process()
+            self._close_if_all_answered()
 
     def eof_received(self) -> bool:
         """The client will send nothing more; answer what it sent, then close.
@@ -149,9 +171,13 @@ class SMTPConnection(asyncio.Protocol):
         self.input_ended = True
         if self.session is None or self.transport.get_extra_info("sslcontext"):
             return False  # refused; or TLS, where a half-close is not kept
-        if not self.busy:
-            self.transport.close()  # after the replies already written
+        self._close_if_all_answered()
         return True
+
+    def _close_if_all_answered(self) -> None:
+        """After a half-close: close once every command read has its reply."""
+        if self.input_ended and not self.busy and not self.output_blocked:
+            self.transport.close()  # after the replies already written
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.context.connections.discard(self)
@@ -174,7 +200,11 @@ class SMTPConnection(asyncio.Protocol):
         out: list[bytes] = []
         tracing = log.isEnabledFor(TRACE)
         progressed = False  # a command or the end of a message was handled
-        while not self.transport.is_closing():
+        while not self.transport.is_closing() and not self.output_blocked:
+            if len(out) >= MAX_REPLIES_PER_WRITE:
+                self._write(out)  # may call pause_writing at once
+                out = []
+                continue
             event = parser.next_event()
             if event is None:
                 break
@@ -226,7 +256,7 @@ class SMTPConnection(asyncio.Protocol):
         self._write(out)
         if progressed:
             self._extend_deadline()
-        if self.paused:
+        if self.paused and not self.output_blocked and not self.busy:
             self.paused = False
             self.transport.resume_reading()
 
@@ -260,8 +290,7 @@ class SMTPConnection(asyncio.Protocol):
         if reply is not None:
             self._write([reply])
         self._process()
-        if self.input_ended and not self.busy:
-            self.transport.close()
+        self._close_if_all_answered()
 
     # TLS and authentication.
 
@@ -406,6 +435,16 @@ class SMTPConnection(asyncio.Protocol):
     def _check_deadline(self) -> None:
         self._timer = None
         if self.transport.is_closing():
+            # Closed with replies still unsent: a client that never reads
+            # must not hold the connection, and its memory, past the timeout.
+            if self.transport.get_write_buffer_size():
+                if self._loop.time() >= self._deadline:
+                    log.info("dropping [%s]: replies left unread", self.client_ip)
+                    self.transport.abort()
+                else:
+                    self._timer = self._loop.call_at(
+                        self._deadline, self._check_deadline
+                    )
             return
         if self.busy or self._loop.time() < self._deadline:
             # Re-arming lazily costs one timer per timeout period instead of
@@ -419,6 +458,7 @@ class SMTPConnection(asyncio.Protocol):
         )
         self.transport.write(self.session.timed_out())
         self.transport.close()
+        self._extend_deadline()  # to drop it if the 421 cannot be sent either
 
     def shut_down(self) -> None:
         """End the session with 421 unless a commit is in flight."""

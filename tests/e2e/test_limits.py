@@ -188,6 +188,44 @@ def test_idle_clients_time_out(start_mailfast) -> None:
     assert server.delivered("alice") == []
 
 
+@pytest.mark.parametrize("half_close", [False, True], ids=["open", "half-closed"])
+def test_a_client_that_never_reads_is_held_back_then_dropped(
+    start_mailfast, half_close: bool
+) -> None:
+    # Each EHLO of 8 octets asks for a reply of about 200. A server that
+    # answered everything a client pipelines would hold every reply for a
+    # client that never reads, without bound; it must stop reading instead.
+    server = start_mailfast(limits={"command_timeout_s": TIMEOUT_S})
+    with SmtpWire(server.host, server.port) as wire:
+        wire.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        wire.sock.settimeout(TIMEOUT_S + TIMEOUT_SLACK_S)
+        sent = 0
+        with pytest.raises(TimeoutError):
+            while sent < 64 << 20:  # far more than any buffer on the way
+                wire.sock.sendall(b"EHLO c\r\n" * 4096)
+                sent += 8 * 4096
+        assert sent < 16 << 20, f"the server read {sent} octets it could not answer"
+        if half_close:
+            wire.sock.shutdown(socket.SHUT_WR)
+        # Others are served meanwhile.
+        with smtplib.SMTP(server.host, server.port, timeout=10) as other:
+            other.sendmail("a@example.org", ["alice@localhost"], b"Subject: x\r\n\r\n")
+        # Past the timeouts (the command's, then the one the 421 gets) the
+        # connection is reset, unread replies and all, while we still read
+        # nothing.
+        time.sleep(2 * TIMEOUT_S + 2 * TIMEOUT_SLACK_S)
+        assert "replies left unread" in server.log()
+        # What is left to read is what was on its way when it was dropped,
+        # not the answers to everything sent: those were never made.
+        wire.sock.settimeout(1.0)
+        received = 0
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := wire.sock.recv(1 << 20):
+                received += len(chunk)
+        assert received < 8 << 20
+    assert len(server.delivered("alice")) == 1
+
+
 def test_a_client_that_answers_in_time_is_not_cut_off(start_mailfast) -> None:
     # What the timeout is for: each complete command, a second apart, is
     # served although the session as a whole outlasts the timeout.
