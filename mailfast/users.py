@@ -179,6 +179,24 @@ class UserDatabase:
         """Read the file at ``path`` afresh (at start and on every reload)."""
         return cls(path)
 
+    @classmethod
+    def for_server(cls, path: str | os.PathLike[str]) -> UserDatabase:
+        """``load``, except that a file that cannot be read is not fatal.
+
+        A worker must start all the same: it has no users until the file is
+        fixed, and the first login after the fix reads it (``refresh``).
+        """
+        try:
+            return cls(path)
+        except (OSError, UsersFileError) as exc:
+            log.error("cannot read %s: %s; no login succeeds until it can", path, exc)
+        database = cls.__new__(cls)
+        database.path = os.fspath(path)
+        database._identity = _NEVER_READ
+        database.exists = False
+        database._snapshot = _build([], None)
+        return database
+
     def verify(self, login: str, password: str) -> str | None:
         """The canonical user name if ``password`` is right for ``login``, else None.
 
@@ -303,6 +321,9 @@ class UserDatabase:
             yield
         finally:
             os.close(fd)  # releases the lock
+
+
+_NEVER_READ = (-1, -1, -1)  # unlike any file's identity: read at the next login
 
 
 def _identity(status: os.stat_result) -> tuple[int, int, int]:

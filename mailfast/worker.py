@@ -36,7 +36,7 @@ from .protocol import SMTPConnection, WorkerContext
 from .relay import Relayer
 from .relayclient import RelayClient, RelaySettings
 from .session import ListenerPolicy, SessionSettings
-from .users import UserDatabase, UsersFileError
+from .users import UserDatabase
 
 log = logging.getLogger("mailfast.worker")
 
@@ -180,13 +180,9 @@ def _context(
     )
 
 
-def _load_users(config: Config) -> UserDatabase | None:
+def _load_users(config: Config) -> UserDatabase:
     """The users file, read at start and again when a login finds it changed."""
-    try:
-        users = UserDatabase.load(config.auth.users_file)
-    except (OSError, UsersFileError) as exc:
-        log.error("cannot read %s: %s; AUTH will fail", config.auth.users_file, exc)
-        return None
+    users = UserDatabase.for_server(config.auth.users_file)
     if not users.exists and _offers_auth(config):
         log.warning("no users file at %s: every AUTH will fail", config.auth.users_file)
     return users

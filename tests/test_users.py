@@ -200,6 +200,19 @@ def test_a_server_sees_users_another_process_wrote(path: Path) -> None:
     assert server.verify("alice@example.com", OTHER_PASSWORD) is None
 
 
+def test_a_server_started_with_a_broken_file_reads_it_once_fixed(
+    path: Path,
+) -> None:
+    path.write_text("alice@example.com:not a hash\n")
+    with pytest.raises(UsersFileError):
+        UserDatabase.load(path)
+    server = UserDatabase.for_server(path)
+    assert server.verify("alice@example.com", PASSWORD) is None
+    path.unlink()
+    UserDatabase.load(path).add("alice@example.com", PASSWORD)
+    assert server.verify("alice@example.com", PASSWORD) == "alice@example.com"
+
+
 def test_missing_file_means_no_users(path: Path) -> None:
     database = UserDatabase.load(path)
     assert not database.exists
