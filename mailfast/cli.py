@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mailfast: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
+        for warning in configuration.warnings(config):
+            print(f"mailfast: warning: {warning}", file=sys.stderr)
         sys.stdout.write(configuration.to_toml(config))
         return 0
     if args.command == "queue":

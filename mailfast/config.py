@@ -356,6 +356,75 @@ def _validate(config: Config) -> None:
         for mailbox in domain.mailboxes:
             if not mailbox or "/" in mailbox or mailbox.startswith("."):
                 raise ConfigError(f"domains.{name}.mailboxes: bad name {mailbox!r}")
+    _validate_paths(config)
+
+
+def warnings(config: Config) -> list[str]:
+    """What is valid but surely not meant: each names its key.
+
+    A submission listener without a certificate offers no AUTH and so takes
+    no mail. An alias member or catch-all that names no mailbox or alias of a local
+    domain drops its mail with 550 (mailfast forwards nowhere), which no one
+    would notice until a sender complained.
+    """
+    found = []
+    if config.server.submission and not config.tls.certificate:
+        # AUTH is offered over TLS only, and submission requires it.
+        found.append(
+            "server.submission: no tls.certificate, so no AUTH"
+            + (" but on loopback" if config.auth.allow_plaintext_on_loopback else "")
+            + ": clients there get 530 for every MAIL"
+        )
+    for name, domain in config.domains.items():
+        named = [
+            (f"aliases.{alias}", member)
+            for alias, members in domain.aliases.items()
+            for member in members
+        ]
+        if domain.catch_all:
+            named.append(("catch_all", domain.catch_all))
+        for key, member in named:
+            local, _at, where = member.lower().partition("@")
+            where = where or name
+            target = config.domains.get(where)
+            if target is None:
+                found.append(
+                    f"domains.{name}.{key}: {member!r} is not in a local domain;"
+                    " mail for it is refused (mailfast does not forward)"
+                )
+                continue
+            known = {m.lower() for m in target.mailboxes} | {
+                a.lower() for a in target.aliases
+            }
+            if local not in known:
+                found.append(
+                    f"domains.{name}.{key}: {member!r} is no mailbox or alias of"
+                    f" {where}; mail for it is refused"
+                )
+    return found
+
+
+def _validate_paths(config: Config) -> None:
+    """A file where a directory belongs, or the reverse, fails every worker."""
+    directories = {
+        "maildir.root": config.maildir.root,
+        "queue.directory": config.queue.directory,
+        "server.spool_dir": config.server.spool_dir,
+    }
+    files = {
+        "auth.users_file": config.auth.users_file,
+        "auth.failures_path": config.auth.failures_path,
+        "relay.mx_cache_path": config.relay.mx_cache_path,
+    }
+    for key, path in directories.items():
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ConfigError(f"{key}: {path!r} exists and is not a directory")
+    for key, path in files.items():
+        if os.path.isdir(path):
+            raise ConfigError(f"{key}: {path!r} is a directory")
+        parent = os.path.dirname(os.path.abspath(path))
+        if os.path.exists(parent) and not os.path.isdir(parent):
+            raise ConfigError(f"{key}: {parent!r} is not a directory")
 
 
 def _validate_numbers(config: Config) -> None:

@@ -91,7 +91,7 @@ class Master:
             log.error("cannot listen: %s", exc)
             return EXIT_BIND
         privileges.warn_if_root(self.config)
-        _warn_about_unusable_listeners(self.config)
+        _log_warnings(self.config)
         queue = MailQueue(self.config.queue.directory)
         queue.create_directories()
         privileges.prepare_directories(self.config)  # after everything it must own
@@ -175,7 +175,7 @@ class Master:
         log.info(
             "reloading: generation %d replaces %d workers", self.generation, len(old)
         )
-        _warn_about_unusable_listeners(new_config)
+        _log_warnings(new_config)
         self._spawn_missing()
         for worker in old:
             self._retire(worker)
@@ -357,11 +357,6 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit("run mailfast through its command line: mailfast --help")
 
 
-def _warn_about_unusable_listeners(config: Config) -> None:
-    """Submission without TLS offers no AUTH, so it can take no mail at all."""
-    if config.server.submission and not config.tls.certificate:
-        log.warning(
-            "server.submission without tls.certificate: AUTH is offered only"
-            " over TLS%s, so clients there get 530 for every MAIL",
-            " (or on loopback)" if config.auth.allow_plaintext_on_loopback else "",
-        )
+def _log_warnings(config: Config) -> None:
+    for warning in configuration.warnings(config):
+        log.warning("%s", warning)

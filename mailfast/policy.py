@@ -13,9 +13,7 @@ class Networks:
     """A list of networks, and whether a client address is in one of them."""
 
     def __init__(self, networks: tuple[str, ...]):
-        self._networks = [
-            ipaddress.ip_network(network, strict=False) for network in networks
-        ]
+        self._networks = [_unmapped(network) for network in networks]
 
     def __contains__(self, client_ip: str) -> bool:
         try:
@@ -33,3 +31,21 @@ class RelayPolicy:
 
     def permits(self, client_ip: str, authenticated: bool = False) -> bool:
         return authenticated or client_ip in self._trusted
+
+
+def _unmapped(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The network, with an IPv4-mapped IPv6 one as the IPv4 network it is.
+
+    Clients are compared by their IPv4 address when they have one, so
+    ::ffff:127.0.0.0/104 must match what 127.0.0.0/8 matches.
+    """
+    network = ipaddress.ip_network(text, strict=False)
+    if (
+        isinstance(network, ipaddress.IPv6Network)
+        and network.prefixlen >= 96
+        and network.network_address.ipv4_mapped is not None
+    ):
+        return ipaddress.ip_network(
+            f"{network.network_address.ipv4_mapped}/{network.prefixlen - 96}"
+        )
+    return network

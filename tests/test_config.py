@@ -508,3 +508,60 @@ def test_check_config_prints_the_effective_configuration(tmp_path: Path) -> None
     assert printed == config.load(str(path))
     assert printed.limits.max_recipients == 5
     assert printed.domains["example.com"].mailboxes == ("alice",)
+
+
+PATH_MISTAKES = {
+    "a file as the Maildir root": ("maildir", "root", "file", "is not a directory"),
+    "a file as the spool": ("server", "spool_dir", "file", "is not a directory"),
+    "a file as the queue": ("queue", "directory", "file", "is not a directory"),
+    "a directory as the users file": ("auth", "users_file", "dir", "is a directory"),
+    "a directory as the MX cache": ("relay", "mx_cache_path", "dir", "is a directory"),
+    "a users file under a file": (
+        "auth",
+        "users_file",
+        "file/users",
+        "is not a directory",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "where", "message"),
+    PATH_MISTAKES.values(),
+    ids=PATH_MISTAKES.keys(),
+)
+def test_a_path_of_the_wrong_kind_is_refused(
+    tmp_path, section: str, key: str, where: str, message: str
+) -> None:
+    (tmp_path / "file").write_text("")
+    (tmp_path / "dir").mkdir()
+    text = f'[{section}]\n{key} = "{tmp_path / where}"'
+    with pytest.raises(ConfigError) as refused:
+        config.parse(text, "site.toml")
+    assert f"{section}.{key}: " in str(refused.value)
+    assert message in str(refused.value)
+
+
+def test_warnings_name_what_drops_mail() -> None:
+    parsed = config.parse(
+        """
+        [server]
+        submission = ["127.0.0.1:2587"]
+
+        [domains."example.com"]
+        mailboxes = ["Alice"]
+        catch_all = "../../../tmp/x"
+        aliases = { sales = ["alice", "bob"], out = "someone@example.org" }
+        """
+    )
+    assert config.warnings(parsed) == [
+        "server.submission: no tls.certificate, so no AUTH: clients there get 530"
+        " for every MAIL",
+        "domains.example.com.aliases.sales: 'bob' is no mailbox or alias of"
+        " example.com; mail for it is refused",
+        "domains.example.com.aliases.out: 'someone@example.org' is not in a local"
+        " domain; mail for it is refused (mailfast does not forward)",
+        "domains.example.com.catch_all: '../../../tmp/x' is no mailbox or alias of"
+        " example.com; mail for it is refused",
+    ]
+    assert config.warnings(config.parse("")) == []
