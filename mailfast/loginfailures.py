@@ -16,9 +16,9 @@ known): a check costs about 8 us, a recorded failure about 20 us.
 An IPv6 client counts by its /64, which one host may hold whole, and an
 IPv4-mapped address as its IPv4 address, as in the connection table.
 
-If the file cannot be used, this process counts on its own and says so
-once in the log: the limit then holds per worker, and logins still need
-the password.
+If the file cannot be used, this process counts on its own for a minute,
+says so in the log, and then tries the file again: meanwhile the limit
+holds per worker, and logins still need the password.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from collections.abc import Callable
 log = logging.getLogger("mailfast.auth")
 
 BUSY_TIMEOUT_S = 0.25  # as in mxcache: bounds how long the loop can stall
+RETRY_SHARED_AFTER_S = 60.0  # after an error, count alone this long
 PURGE_EVERY_RECORDS = 100  # rows older than the window are deleted this often
 
 _SCHEMA = (
@@ -69,12 +70,14 @@ class LoginFailures:
         self._connection: sqlite3.Connection | None = None
         self._pid = 0
         self._records = 0
-        self._local: dict[str, collections.deque[float]] | None = None
+        # Failures counted by this process alone, while the file is unusable.
+        self._local: dict[str, collections.deque[float]] = {}
+        self._alone_until = 0.0
 
     def blocked(self, client_ip: str) -> bool:
         address = _client_key(client_ip)
         now = self._clock()
-        if self._local is None:
+        if now >= self._alone_until:
             try:
                 (count,) = (
                     self._connect()
@@ -87,7 +90,7 @@ class LoginFailures:
                 )
                 return count >= self.max_failures
             except (sqlite3.Error, OSError) as exc:
-                self._count_locally(exc)
+                self._count_alone(exc, now)
         failures = self._local.get(address)
         if not failures:
             return False
@@ -98,7 +101,7 @@ class LoginFailures:
     def record(self, client_ip: str) -> None:
         address = _client_key(client_ip)
         now = self._clock()
-        if self._local is None:
+        if now >= self._alone_until:
             try:
                 connection = self._connect()
                 connection.execute(
@@ -111,18 +114,30 @@ class LoginFailures:
                     )
                 return
             except (sqlite3.Error, OSError) as exc:
-                self._count_locally(exc)
+                self._count_alone(exc, now)
         if len(self._local) > 100_000:  # bound memory under a wide attack
             self._local.clear()
         self._local.setdefault(address, collections.deque()).append(now)
 
-    def _count_locally(self, exc: Exception) -> None:
+    def _count_alone(self, exc: Exception, now: float) -> None:
         log.error(
-            "cannot use %s (%s): failed logins are counted per worker from now on",
+            "cannot use %s (%s): this worker counts failed logins alone for %.0f s",
             self.path,
             exc,
+            RETRY_SHARED_AFTER_S,
         )
-        self._local = {}
+        self._alone_until = now + RETRY_SHARED_AFTER_S
+        self.close()
+
+    def close(self) -> None:
+        """Drop this process's connection; the next call opens a new one."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        if self._pid == os.getpid():
+            connection.close()
+        else:
+            _inherited_connections.append(connection)
 
     def _connect(self) -> sqlite3.Connection:
         pid = os.getpid()

@@ -69,15 +69,22 @@ def test_an_ipv6_client_counts_by_its_64(tmp_path: Path, clock: Clock) -> None:
     assert failures.blocked("192.0.2.9")
 
 
-def test_an_unusable_file_falls_back_to_this_process(
+def test_an_unusable_file_falls_back_to_this_process_for_a_while(
     tmp_path: Path, clock: Clock, caplog
 ) -> None:
     (tmp_path / "file").write_text("not a directory")
-    failures = counter(tmp_path / "file" / "f.sqlite", clock, max_failures=2)
+    path = tmp_path / "file" / "f.sqlite"
+    failures = counter(path, clock, max_failures=2)
     failures.record("192.0.2.1")
     failures.record("192.0.2.1")
     assert failures.blocked("192.0.2.1")
-    assert "counted per worker" in caplog.text
+    assert "counts failed logins alone" in caplog.text
+    # Fixed, and a minute later the file is shared again.
+    (tmp_path / "file").unlink()
+    clock.now += 61
+    failures.record("192.0.2.9")
+    failures.record("192.0.2.9")
+    assert counter(path, clock, max_failures=2).blocked("192.0.2.9")
 
 
 def test_old_rows_are_purged(tmp_path: Path, clock: Clock) -> None:
