@@ -40,6 +40,8 @@ from .users import UserDatabase
 
 log = logging.getLogger("mailfast.worker")
 
+ACCEPTED_SETTLE_S = 0.05
+
 
 def run(
     config: Config,
@@ -121,11 +123,16 @@ async def _serve(
     log.info("worker %d draining", os.getpid())
     for server in servers:
         server.close()
+    # A connection accepted just before the close reaches connection_made a
+    # loop turn later: seen by no drain, it would be reset when we exit.
+    await asyncio.sleep(ACCEPTED_SETTLE_S)
     await _drain(context, config.server.shutdown_grace_s)
     await committer.drain()
     runner.cancel()
     await relayer.drain(timeout_s=min(5.0, config.server.shutdown_grace_s))
     await committer.drain()
+    if context.connections:  # none should be left; never leave one to a reset
+        await _drain(context, config.server.shutdown_grace_s)
     commit_executor.shutdown(wait=True)
     queue_executor.shutdown(wait=True)
     context.auth_executor.shutdown(wait=False, cancel_futures=True)
