@@ -82,13 +82,30 @@ def count_files(directory: Path) -> int:
 
 
 def empty_directory(directory: Path) -> None:
-    """Remove the files in ``directory`` (a Maildir ``new/``), keep the directory."""
+    """Start ``directory`` (a Maildir ``new/``) afresh, without deleting a file.
+
+    The files move, directory and all, to a sibling that is removed with
+    the rest of the work directory at the end. Unlinking them here instead
+    would make the next run pay for it: ext4 mounted with ``discard``
+    trims freed blocks when the journal commits, which slowed every run
+    after the first by a third, mailfast's and Postfix's alike.
+    """
     try:
-        names = os.listdir(directory)
+        if not any(os.scandir(directory)):
+            return
     except FileNotFoundError:
         return
-    for name in names:
-        os.unlink(directory / name)
+    done = 0
+    while (directory.parent / f"{directory.name}.done{done}").exists():
+        done += 1
+    os.rename(directory, directory.parent / f"{directory.name}.done{done}")
+    os.mkdir(directory, 0o700)
+    shutil.chown(directory, *_owner(directory.parent))
+
+
+def _owner(path: Path) -> tuple[int, int]:
+    status = os.stat(path)
+    return status.st_uid, status.st_gid
 
 
 def _children(pid: int) -> list[int]:
