@@ -3,10 +3,10 @@
 Workers accept on shared sockets, so one client's password guesses land on
 all of them: counted per worker, ``auth.max_failures`` would be multiplied
 by the number of workers, and a reload would forget it. The counts live in
-an SQLite file that every worker opens, as the MX cache does (mxcache.py):
-WAL mode, so readers never wait for the writer; no fsync, since a crash
-that forgets recent failures forgets no more than a restart would; and one
-connection per process, opened lazily after fork.
+an SQLite file that every worker opens, as the MX cache does
+(sharedsqlite.py): WAL mode, so readers never wait for the writer; no
+fsync, since a crash that forgets recent failures forgets no more than a
+restart would; and one connection per process, opened lazily after fork.
 
 A failed login is rare next to a connection and has just cost an Argon2
 verification of about 20 ms, so a read before each check and an insert
@@ -26,14 +26,14 @@ from __future__ import annotations
 import collections
 import ipaddress
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable
 
+from .sharedsqlite import SharedSQLite
+
 log = logging.getLogger("mailfast.auth")
 
-BUSY_TIMEOUT_S = 0.25  # as in mxcache: bounds how long the loop can stall
 RETRY_SHARED_AFTER_S = 60.0  # after an error, count alone this long
 PURGE_EVERY_RECORDS = 100  # rows older than the window are deleted this often
 
@@ -41,10 +41,6 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS failures (address TEXT NOT NULL, at REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS failures_by_address ON failures (address, at)",
 )
-
-# Connections inherited across fork() stay referenced and are never closed
-# in the child: closing one would act on SQLite state that is the parent's.
-_inherited_connections: list[sqlite3.Connection] = []
 
 
 class LoginFailures:
@@ -67,8 +63,7 @@ class LoginFailures:
         self.max_failures = max_failures
         self.window_s = window_s
         self._clock = clock
-        self._connection: sqlite3.Connection | None = None
-        self._pid = 0
+        self._file = SharedSQLite(path, _SCHEMA)
         self._records = 0
         # Failures counted by this process alone, while the file is unusable.
         self._local: dict[str, collections.deque[float]] = {}
@@ -80,7 +75,7 @@ class LoginFailures:
         if now >= self._alone_until:
             try:
                 (count,) = (
-                    self._connect()
+                    self._file.connection()
                     .execute(
                         "SELECT count(*) FROM failures"
                         " WHERE address = ? AND at > ? AND at <= ?",
@@ -103,7 +98,7 @@ class LoginFailures:
         now = self._clock()
         if now >= self._alone_until:
             try:
-                connection = self._connect()
+                connection = self._file.connection()
                 connection.execute(
                     "INSERT INTO failures (address, at) VALUES (?, ?)", (address, now)
                 )
@@ -131,37 +126,7 @@ class LoginFailures:
 
     def close(self) -> None:
         """Drop this process's connection; the next call opens a new one."""
-        connection, self._connection = self._connection, None
-        if connection is None:
-            return
-        if self._pid == os.getpid():
-            connection.close()
-        else:
-            _inherited_connections.append(connection)
-
-    def _connect(self) -> sqlite3.Connection:
-        pid = os.getpid()
-        if self._connection is not None and self._pid == pid:
-            return self._connection
-        if self._connection is not None:
-            _inherited_connections.append(self._connection)
-            self._connection = None
-        parent = os.path.dirname(self.path)
-        if parent:
-            os.makedirs(parent, mode=0o700, exist_ok=True)
-        connection = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None
-        )
-        try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=OFF")
-            for statement in _SCHEMA:
-                connection.execute(statement)
-        except BaseException:
-            connection.close()
-            raise
-        self._connection, self._pid = connection, pid
-        return connection
+        self._file.close()
 
 
 def _client_key(client_ip: str) -> str:

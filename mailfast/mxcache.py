@@ -17,10 +17,7 @@ claims to live longer than ``max_ttl_s`` from now is treated as expired.
 Invariants:
 
 - A connection is never used by a process other than the one that opened
-  it. SQLite forbids carrying an open connection across ``fork()`` (its
-  locks are per process and its WAL index is memory-mapped), so the
-  connection is opened lazily, the opener's pid is recorded, and a process
-  that finds another pid there opens its own.
+  it (sharedsqlite.py, which the failed-login counts use too).
 - The cache can only save work, never cause a failure: any SQLite error is
   counted in ``errors`` and turns into a miss (``get``) or a no-op (``put``);
   so does an unusable directory.
@@ -38,16 +35,12 @@ an executor thread would cost more than the call itself.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# How long a writer may wait for another process's write to finish. Writes
-# hold the lock for microseconds (no fsync), so this is only reached when
-# something is badly wrong, and it bounds how long the event loop can stall.
-BUSY_TIMEOUT_S = 0.25
+from .sharedsqlite import SharedSQLite
 
 # A server failure (or silence) is kept briefly so that a queue run holding
 # many messages for one broken domain, spread over every worker, asks once
@@ -73,11 +66,6 @@ CREATE TABLE IF NOT EXISTS answers (
     PRIMARY KEY (name, rdtype)
 ) WITHOUT ROWID
 """
-
-# Connections inherited across fork() are kept referenced here, never closed
-# and never collected: closing one in the child would run SQLite's shutdown
-# on file state that belongs to the parent.
-_inherited_connections: list[sqlite3.Connection] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,15 +103,14 @@ class MXCache:
         self.negative_ttl_s = negative_ttl_s
         self.clock = clock
         self.errors = 0  # SQLite errors seen by this process
-        self._connection: sqlite3.Connection | None = None
-        self._pid = 0
+        self._file = SharedSQLite(path, (_SCHEMA,))
         self._puts = 0
 
     def get(self, name: str, rdtype: str) -> CachedAnswer | None:
         """The live answer for ``name`` (lower case, no final dot), or None."""
         try:
             row = (
-                self._connect()
+                self._file.connection()
                 .execute(
                     "SELECT expires, status, data FROM answers"
                     " WHERE name = ? AND rdtype = ?",
@@ -151,7 +138,7 @@ class MXCache:
         now = self.clock()
         expires = now + self._clamp(answer.status, ttl)
         try:
-            connection = self._connect()
+            connection = self._file.connection()
             connection.execute(
                 "INSERT OR REPLACE INTO answers (name, rdtype, expires, status, data)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -165,13 +152,7 @@ class MXCache:
 
     def close(self) -> None:
         """Close this process's connection; a later call reopens it."""
-        connection, self._connection = self._connection, None
-        if connection is None:
-            return
-        if self._pid == os.getpid():
-            connection.close()
-        else:
-            _inherited_connections.append(connection)
+        self._file.close()
 
     def _clamp(self, status: str, ttl: int | None) -> float:
         if status == "servfail":
@@ -179,31 +160,6 @@ class MXCache:
         if ttl is None:
             ttl = self.negative_ttl_s if status in NEGATIVE_STATUSES else 0
         return min(max(ttl, self.min_ttl_s), self.max_ttl_s)
-
-    def _connect(self) -> sqlite3.Connection:
-        pid = os.getpid()
-        if self._connection is not None and self._pid == pid:
-            return self._connection
-        if self._connection is not None:
-            _inherited_connections.append(self._connection)
-            self._connection = None
-        parent = os.path.dirname(self.path)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        # Autocommit (isolation_level=None): every statement is its own
-        # transaction, so no lock outlives the call that took it.
-        connection = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None
-        )
-        try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=OFF")
-            connection.execute(_SCHEMA)
-        except BaseException:
-            connection.close()
-            raise
-        self._connection, self._pid = connection, pid
-        return connection
 
 
 def _decode(rdtype: str, data: str) -> list:
