@@ -49,30 +49,28 @@ def received_with(path) -> str:
     return received.split(" with ", 1)[1].split()[0]
 
 
-def test_swaks_starttls_on_the_smtp_listener(start_secure) -> None:
-    secure = start_secure()
-    result = subprocess.run(
+def swaks_over_tls(
+    secure: SecureServer, port: int, sender: str, recipient: str, *more: str
+) -> subprocess.CompletedProcess:
+    """swaks with STARTTLS, verifying the server against the test CA."""
+    return subprocess.run(
         [
             require_tool("swaks"),
-            "--server",
-            f"{secure.host}:{secure.smtp_port}",
-            "--to",
-            ALICE,
-            "--from",
-            "sender@example.org",
-            "--tls",
-            "--tls-verify",
-            "--tls-ca-path",
-            str(secure.pki.ca_path),
-            "--tls-sni",
-            "localhost",
-            "--timeout",
-            "20",
+            *("--server", f"{secure.host}:{port}"),
+            *("--from", sender, "--to", recipient),
+            *("--tls", "--tls-verify", "--tls-ca-path", str(secure.pki.ca_path)),
+            *("--tls-sni", "localhost", "--timeout", "20"),
+            *more,
         ],
         capture_output=True,
         text=True,
         timeout=TOOL_TIMEOUT_S,
     )
+
+
+def test_swaks_starttls_on_the_smtp_listener(start_secure) -> None:
+    secure = start_secure()
+    result = swaks_over_tls(secure, secure.smtp_port, "sender@example.org", ALICE)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert " -> STARTTLS" in result.stdout
@@ -84,41 +82,19 @@ def test_swaks_starttls_on_the_smtp_listener(start_secure) -> None:
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 def test_swaks_tls_and_auth_on_submission(start_secure, mechanism: str) -> None:
     secure = start_secure()
-    result = subprocess.run(
-        [
-            require_tool("swaks"),
-            "--server",
-            f"{secure.host}:{secure.submission_port}",
-            "--from",
-            ALICE,
-            "--to",
-            BOB,
-            "--tls",
-            "--tls-verify",
-            "--tls-ca-path",
-            str(secure.pki.ca_path),
-            "--tls-sni",
-            "localhost",
-            "--auth",
-            mechanism,
-            "--auth-user",
-            ALICE,
-            "--auth-password",
-            ALICE_PASSWORD,
-            "--timeout",
-            "20",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=TOOL_TIMEOUT_S,
+    result = swaks_over_tls(
+        secure,
+        secure.submission_port,
+        ALICE,
+        BOB,
+        *("--auth", mechanism, "--auth-user", ALICE, "--auth-password", ALICE_PASSWORD),
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "235 2.7.0" in result.stdout, result.stdout
     [path] = secure.server.delivered("bob")
     assert received_with(path) == "ESMTPSA"
-    log = secure.server.log()
-    assert ALICE_PASSWORD not in log
+    assert ALICE_PASSWORD not in secure.server.log()
 
 
 def test_smtplib_starttls_then_login_on_submission(start_secure) -> None:
