@@ -389,8 +389,8 @@ def warnings(config: Config) -> list[str]:
             target = config.domains.get(where)
             if target is None:
                 found.append(
-                    f"domains.{name}.{key}: {member!r} is not in a local domain;"
-                    " mail for it is refused (mailfast does not forward)"
+                    f"domains.{name}.{key}: {member!r} is not in a local domain"
+                    f" (mailfast does not forward); {_what_is_lost(key, domain)}"
                 )
                 continue
             known = {m.lower() for m in target.mailboxes} | {
@@ -399,9 +399,16 @@ def warnings(config: Config) -> list[str]:
             if local not in known:
                 found.append(
                     f"domains.{name}.{key}: {member!r} is no mailbox or alias of"
-                    f" {where}; mail for it is refused"
+                    f" {where}; {_what_is_lost(key, domain)}"
                 )
     return found
+
+
+def _what_is_lost(key: str, domain: DomainConfig) -> str:
+    alias = key.removeprefix("aliases.")
+    if alias != key and len(domain.aliases[alias]) > 1:
+        return "the alias's other members get their copies, this one none"
+    return "mail for it is refused"
 
 
 def _validate_paths(config: Config) -> None:

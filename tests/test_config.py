@@ -558,9 +558,9 @@ def test_warnings_name_what_drops_mail() -> None:
         "server.submission: no tls.certificate, so no AUTH: clients there get 530"
         " for every MAIL",
         "domains.example.com.aliases.sales: 'bob' is no mailbox or alias of"
-        " example.com; mail for it is refused",
+        " example.com; the alias's other members get their copies, this one none",
         "domains.example.com.aliases.out: 'someone@example.org' is not in a local"
-        " domain; mail for it is refused (mailfast does not forward)",
+        " domain (mailfast does not forward); mail for it is refused",
         "domains.example.com.catch_all: '../../../tmp/x' is no mailbox or alias of"
         " example.com; mail for it is refused",
     ]
