@@ -124,6 +124,9 @@ def _kill_tree(root: int) -> None:
 # --- mailfast -----------------------------------------------------------------
 
 
+# The harness writes mailfast's configuration itself rather than through
+# mailfast.config: with --source it drives another checkout, whose writer
+# may differ or be missing.
 def _toml(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

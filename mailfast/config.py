@@ -56,9 +56,8 @@ class ServerConfig:
     hostname: str = ""  # banner and Received headers; "" means the machine's FQDN
     listen: tuple[str, ...] = ("127.0.0.1:2525",)  # SMTP: MX and relay clients
     submission: tuple[str, ...] = ()  # RFC 6409 (port 587): STARTTLS, AUTH required
-    submissions: tuple[
-        str, ...
-    ] = ()  # RFC 8314 (port 465): implicit TLS, AUTH required
+    # RFC 8314 (port 465): implicit TLS, AUTH required
+    submissions: tuple[str, ...] = ()
     user: str = ""  # started as root: run workers as this user after binding
     workers: int = 0  # 0 means one per CPU
     shutdown_grace_s: float = 30.0  # SIGTERM: time sessions get to finish
@@ -363,8 +362,8 @@ def warnings(config: Config) -> list[str]:
     """What is valid but surely not meant: each names its key.
 
     A submission listener without a certificate offers no AUTH and so takes
-    no mail. An alias member or catch-all that names no mailbox or alias of a local
-    domain drops its mail with 550 (mailfast forwards nowhere), which no one
+    no mail. An alias member or catch-all that names no mailbox or alias of
+    a local domain drops its mail (mailfast forwards nowhere), which no one
     would notice until a sender complained.
     """
     found = []

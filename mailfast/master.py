@@ -349,14 +349,14 @@ def _describe_status(status: int) -> str:
     return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
+def _log_warnings(config: Config) -> None:
+    for warning in configuration.warnings(config):
+        log.warning("%s", warning)
+
+
 def serve(config: Config, config_path: str | None, workers: int | None) -> int:
     return Master(config, config_path, workers).run()
 
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("run mailfast through its command line: mailfast --help")
-
-
-def _log_warnings(config: Config) -> None:
-    for warning in configuration.warnings(config):
-        log.warning("%s", warning)

@@ -76,12 +76,8 @@ def _list(queue: MailQueue) -> int:
             message = queue.load(path)
         except FileNotFoundError:
             continue  # delivered or moved while we looked
-        except CorruptQueueFile as exc:
-            print(f"{name}  {where}  unreadable: {exc}")
-            unreadable += 1
-            continue
-        except OSError as exc:
-            print(f"{name}  {where}  unreadable: {exc.strerror}")
+        except (CorruptQueueFile, OSError) as exc:
+            print(f"{name}  {where}  unreadable: {_reason(exc)}")
             unreadable += 1
             continue
         count += 1
@@ -123,11 +119,8 @@ def _show(queue: MailQueue, queue_id: str, where: str, path: str) -> int:
     except FileNotFoundError:
         print(f"{queue_id}: no longer in the queue", file=sys.stderr)
         return 1
-    except CorruptQueueFile as exc:
-        print(f"{queue_id}: {where}, unreadable: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"{queue_id}: {where}, unreadable: {exc.strerror}", file=sys.stderr)
+    except (CorruptQueueFile, OSError) as exc:
+        print(f"{queue_id}: {where}, unreadable: {_reason(exc)}", file=sys.stderr)
         return 1
     print(json.dumps({"where": where, **message.envelope}, indent=2))
     print(json.dumps({"state": json.loads(message.state.to_json())}, indent=2))
@@ -161,6 +154,13 @@ def _delete(queue: MailQueue, queue_id: str, where: str, path: str) -> int:
         pass
     print(f"{queue_id}: deleted")
     return 0
+
+
+def _reason(exc: Exception) -> str:
+    """Why an entry cannot be read: the check that failed, or the system's word."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 def _remove(path: str) -> None:
